@@ -1,0 +1,39 @@
+# The two commands: `make run` (whole demo pipeline) and `make test` (test suite).
+# Both create .venv when missing and (re)install when pyproject.toml/constraints.txt change.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test test-slow bench clean lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	# CPU torch first, pinned, so nothing later pulls a CUDA build.
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# The registry's only torchvision for torch 2.13 is a CUDA build: its C ops cannot load on CPU
+	# torch; srvau/compat.py registers the op schemas so its pure-torch transforms work (see README).
+	$(BIN)/pip install -q --no-deps torchvision==0.28.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python -m flows.pipeline $(if $(RECIPE),--recipe $(RECIPE),)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/python bench/ingest.py && $(BIN)/python bench/grpo.py && $(BIN)/python bench/eval.py
+
+clean:
+	rm -rf data/demo models reports mlruns mlflow.db .prefect

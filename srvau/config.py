@@ -1,0 +1,402 @@
+"""Typed configuration: one pydantic model per ``params.yaml`` section.
+
+``params.yaml`` (the DVC params file) holds the demo defaults. A *recipe* (``configs/*.yaml``) is an
+overlay deep-merged on top of it, selected by the ``recipe`` key (so ``dvc exp run -S
+recipe=configs/paper-3b.yaml`` works and DVC tracks the choice), by ``srvau --recipe FILE`` or by the
+``SRVAU_RECIPE`` environment variable. Unknown keys and wrong types fail with the dotted key named.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The project a command works on: ``SRVAU_ROOT``, else the nearest folder holding params.yaml
+    upwards from the working directory (so a clone, a copy or a DVC experiment workspace all work with
+    one installed package), else the source checkout this package lives in."""
+    env = os.environ.get("SRVAU_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file() and (folder / "dvc.yaml").is_file():
+            return folder
+    return Path(__file__).resolve().parent.parent
+
+
+PROJECT_ROOT = find_project_root()
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
+    demo: str = "data/demo"
+    ingest: str = "data/ingest"
+    rocot: str = "data/rocot"
+    models: str = "models"
+    reports: str = "reports"
+
+
+class TrackingConfig(Section):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "srvau"
+    registered_model: str = "srvau-qwen2_5-vl"
+
+
+class SynthConfig(Section):
+    n_train: int = Field(48, ge=1)
+    n_val: int = Field(8, ge=1)
+    n_test: int = Field(16, ge=1)
+    duration_s: float = Field(8.0, gt=0)
+    fps: int = Field(8, ge=1)
+    width: int = Field(112, ge=16)
+    height: int = Field(112, ge=16)
+    classes: list[str] = ["Fire", "Explosion", "Fighting", "Traffic_accident", "Water_incident"]
+    normal_share: float = Field(0.2, ge=0, le=1)
+    min_event_s: float = Field(2.0, gt=0)
+    max_event_s: float = Field(4.0, gt=0)
+
+    @model_validator(mode="after")
+    def _event_fits(self) -> "SynthConfig":
+        if not self.min_event_s <= self.max_event_s < self.duration_s:
+            raise ValueError("need min_event_s <= max_event_s < duration_s")
+        return self
+
+
+class TinyModelConfig(Section):
+    vocab_size: int = Field(1024, ge=256)
+    hidden_size: int = Field(128, ge=16)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(256, ge=16)
+    vision_depth: int = Field(2, ge=1)
+    vision_hidden_size: int = Field(64, ge=16)
+    vision_num_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(4096, ge=256)
+
+
+class ModelConfig(Section):
+    base: str = "models/tiny-base"
+    torch_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class VideoConfig(Section):
+    """The one frame-sampling policy shared by training and evaluation."""
+
+    fps: float = Field(2.0, gt=0)
+    min_frames: int = Field(4, ge=2)
+    max_frames: int = Field(16, ge=2)
+    max_pixels_per_frame: int = Field(112 * 112, ge=28 * 28)
+    total_pixels: int = Field(16 * 112 * 112, ge=28 * 28 * 2)
+    probe_timeout_s: float = Field(30.0, gt=0)
+    decoder: Literal["decord", "pyav"] = "decord"
+
+    @model_validator(mode="after")
+    def _frames(self) -> "VideoConfig":
+        if self.min_frames > self.max_frames:
+            raise ValueError("min_frames must be <= max_frames")
+        return self
+
+
+class IngestConfig(Section):
+    annotations: list[str] = ["data/demo/train.csv", "data/demo/val.csv", "data/demo/test.csv"]
+    video_root: str = "data/demo/videos"
+    dataset: Literal["auto", "msad", "ucf", "ecva", "demo"] = "auto"
+    strict: bool = False
+    workers: int = Field(1, ge=1)
+    interval_slack_s: float = Field(1.0, ge=0)
+
+
+class OpenAITeacherConfig(Section):
+    """An OpenAI-compatible chat-completions endpoint (vLLM, SGLang, a hosted API) as RoCoT teacher."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "Qwen/Qwen2.5-VL-72B-Instruct"
+    api_key_env: str = "SRVAU_TEACHER_API_KEY"  # the NAME of the variable holding the key, never the key
+    temperature: float = Field(0.2, ge=0)
+    max_tokens: int = Field(512, ge=16)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    max_backoff_s: float = Field(30.0, ge=0)
+    concurrency: int = Field(4, ge=1)
+    frames: int = Field(4, ge=1)
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    cache_dir: str = "data/cache/teacher"
+
+
+class PolicyTeacherConfig(Section):
+    """SRPO's recipe: the policy writes the first pass, ``reviser`` writes reflection + revision."""
+
+    model: str | None = None  # checkpoint; None = model.base
+    reviser: Literal["annotation", "openai"] = "annotation"
+    prompt_style: Literal["think", "reflect"] = "think"
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
+class CotConfig(Section):
+    teacher: Literal["annotation", "openai", "policy"] = "annotation"
+    tasks: list[Literal["qa", "grounding", "classification", "description"]] = [
+        "qa",
+        "grounding",
+        "classification",
+        "description",
+    ]
+    flawed_share: float = Field(0.5, ge=0, le=1)
+    min_iou: float = Field(0.5, ge=0, le=1)
+    min_description_overlap: float = Field(0.3, ge=0, le=1)
+    single_pass: bool = False
+    think_max_words: int = Field(16, ge=4)
+    answer_max_words: int = Field(24, ge=4)
+    openai: OpenAITeacherConfig = OpenAITeacherConfig()
+    policy: PolicyTeacherConfig = PolicyTeacherConfig()
+
+
+class ValidateConfig(Section):
+    min_well_formed_share: float = Field(0.95, ge=0, le=1)
+    max_examples: int = Field(5, ge=1)
+
+
+class SftConfig(Section):
+    output_dir: str = "models/sft"
+    lora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_lm_head: bool = True
+    max_steps: int = Field(200, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = Field(0.05, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int | None = Field(4096, ge=16)
+    freeze_vision: bool = True
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+    resume: bool = True
+    dataloader_num_workers: int = Field(0, ge=0)
+
+
+class GrpoConfig(Section):
+    output_dir: str = "models/grpo"
+    tasks: list[Literal["qa", "grounding", "classification"]] = ["qa", "grounding", "classification"]
+    prompt_style: Literal["reflect", "think", "direct"] | None = None
+    max_steps: int = Field(30, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_scheduler_type: str = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    num_generations: int = Field(4, ge=2)
+    beta: float = Field(0.04, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    max_prompt_length: int | None = Field(1024, ge=16)
+    max_completion_length: int = Field(160, ge=8)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
+    reward_funcs: dict[str, float] = {"format": 0.5, "reflective_accuracy": 1.0, "temporal_iou": 1.0, "length": 0.1}
+    reward_options: dict[str, dict[str, float]] = {}
+    difficulty_filter: bool = False
+    difficulty_low: float = Field(0.1, ge=0, le=1)
+    difficulty_high: float = Field(0.9, ge=0, le=1)
+    difficulty_min_iou: float = Field(0.5, ge=0, le=1)
+    lora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    train_lm_head: bool = True
+    freeze_vision: bool = True
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    save_steps: int = Field(10, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+    resume: bool = True
+    log_completions_every: int = Field(10, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GrpoConfig":
+        if self.difficulty_low > self.difficulty_high:
+            raise ValueError("difficulty_low must be <= difficulty_high")
+        return self
+
+
+class JudgeConfig(Section):
+    """VAU-Eval LLM judge (srvau.evaluation.judge); the API key is read from ``api_key_env`` only."""
+
+    enabled: bool = False
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "deepseek-chat"
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(512, ge=16)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    backoff_s: float = Field(2.0, ge=0)
+    api_key_env: str = "SRVAU_JUDGE_API_KEY"
+    styles: list[Literal["reflect", "think", "direct"]] = ["reflect"]
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    tasks: list[Literal["qa", "grounding", "classification", "description"]] = [
+        "qa",
+        "grounding",
+        "classification",
+        "description",
+    ]
+    styles: list[Literal["reflect", "think", "direct"]] = ["reflect", "think", "direct"]
+    primary_style: Literal["reflect", "think", "direct"] = "reflect"
+    split: str = "test"
+    limit: int | None = Field(None, ge=1)
+    iou_right: float = Field(0.5, gt=0, le=1)
+    models: dict[str, str] = {"base": "models/tiny-base", "sft": "models/sft", "grpo": "models/grpo"}
+    out_dir: str = "reports/eval"
+    report: str = "reports/eval/report.html"
+    judge: JudgeConfig = JudgeConfig()
+
+    @model_validator(mode="after")
+    def _primary_evaluated(self) -> "EvaluateConfig":
+        if self.primary_style not in self.styles:
+            raise ValueError("primary_style must be one of styles")
+        if not self.tasks or not self.styles:
+            raise ValueError("tasks and styles must not be empty")
+        return self
+
+
+class RegisterConfig(Section):
+    alias: str = "challenger"
+
+
+class Params(Section):
+    recipe: str | None = None
+    seed: int = 1234
+    paths: PathsConfig = PathsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    synth: SynthConfig = SynthConfig()
+    model: ModelConfig = ModelConfig()
+    video: VideoConfig = VideoConfig()
+    ingest: IngestConfig = IngestConfig()
+    cot: CotConfig = CotConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    sft: SftConfig = SftConfig()
+    grpo: GrpoConfig = GrpoConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_is_yaml(cls, v: str | None) -> str | None:
+        if v is not None and not v.endswith((".yaml", ".yml")):
+            raise ValueError("recipe must be a .yaml file path")
+        return v
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """A path from the config, relative to the project root unless absolute."""
+        p = Path(path)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class ConfigError(ValueError):
+    """A params file that does not validate; the message names every offending key."""
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: {len(err.errors())} invalid setting(s)"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(
+    path: str | os.PathLike | None = None,
+    recipe: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Params:
+    """Load ``params.yaml`` (default: project root), merge the recipe overlay, validate.
+
+    ``overrides`` are dotted keys (``{"sft.max_steps": 5}``) applied last, for tests and ``--set``.
+    """
+    path = Path(path) if path else PROJECT_ROOT / "params.yaml"
+    data = _read_yaml(path)
+    recipe = recipe or os.environ.get("SRVAU_RECIPE") or data.get("recipe")
+    source = str(path)
+    if recipe:
+        rpath = Path(recipe)
+        rpath = rpath if rpath.is_absolute() else PROJECT_ROOT / rpath
+        data = deep_merge(data, _read_yaml(rpath))
+        data["recipe"] = str(recipe)
+        source = f"{path} + {rpath}"
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+        node[leaf] = value
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.sub=value`` with the value read as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)

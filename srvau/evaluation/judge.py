@@ -1,0 +1,285 @@
+"""VAU-Eval: an LLM judge scores a model's anomaly description + analysis against the ground truth.
+
+Protocol (DESIGN 6, after VAU-R1's VAU-Eval): the judge reads the reference (class, key objects,
+description, analysis) and the model's answer and returns JSON with five integer scores 0-10:
+``classification`` (is the anomaly type right), ``key_objects`` (key objects and actions),
+``fluency``, ``informativeness`` and ``factual_consistency``. Any OpenAI-compatible chat-completions
+endpoint serves (DeepSeek, OpenAI, vLLM, ...); VAU-R1 used DeepSeek-V3. Judge model and temperature
+are pinned in params and written into every verdict.
+
+Departures: VAU-R1's judge prompt is not reproduced word for word (ours is written here); a reply is
+accepted only when it parses as a JSON object holding all five dimensions as numbers within 0-10
+(a fenced ```json block is accepted); anything else is retried and, when retries run out, stored
+as an invalid verdict and left out of the means (counted in ``n_invalid``), never guessed at.
+
+Transport: httpx with a per-request timeout; timeouts, connection errors, 429 and 5xx are retried
+with exponential backoff (``Retry-After`` honoured, capped); other 4xx (bad key, unknown model) stop
+the stage at once, since every later request would fail the same way. The API key is read only from
+the environment variable named by ``judge.api_key_env`` and is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from srvau.config import JudgeConfig
+from srvau.cot.format import pass_text
+
+log = logging.getLogger(__name__)
+
+DIMENSIONS: tuple[str, ...] = ("classification", "key_objects", "fluency", "informativeness", "factual_consistency")
+MAX_SCORE = 10.0
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_MAX_RETRY_AFTER_S = 60.0
+
+SYSTEM = (
+    "You are a strict evaluator of video anomaly understanding. You compare a model's description and "
+    "analysis of a surveillance video with the reference annotation and score it. Reply with one JSON "
+    "object and nothing else."
+)
+
+RUBRIC = {
+    "classification": "is the anomaly type (or 'Normal') the same as the reference class",
+    "key_objects": "are the key objects, people and actions of the reference mentioned correctly",
+    "fluency": "is the text fluent, grammatical and coherent",
+    "informativeness": "does it give the useful details (what, where, when, why it is anomalous)",
+    "factual_consistency": "does it avoid statements that contradict the reference (hallucinations)",
+}
+
+
+class JudgeError(RuntimeError):
+    """The endpoint cannot be used (authentication, unknown model, persistent failure)."""
+
+
+class VerdictError(ValueError):
+    """A judge reply that is not a valid verdict."""
+
+
+def build_messages(prediction: str, reference: dict[str, Any]) -> list[dict[str, str]]:
+    """Chat messages asking for the five scores; ``reference`` holds the ground-truth fields."""
+    rubric = "\n".join(f'- "{k}": {v}' for k, v in RUBRIC.items())
+    keys = ", ".join(f'"{k}": <0-10>' for k in DIMENSIONS)
+    ref = "\n".join(
+        f"{label}: {reference.get(key) or 'n/a'}"
+        for label, key in (
+            ("Anomaly class", "anomaly_class"),
+            ("Key objects", "key_object"),
+            ("Description", "answer"),
+            ("Analysis", "reasoning"),
+        )
+    )
+    user = (
+        f"Reference annotation:\n{ref}\n\nModel answer:\n{prediction.strip() or '(empty)'}\n\n"
+        f"Score the model answer on each dimension with an integer from 0 (worst) to 10 (best):\n{rubric}\n\n"
+        f'Reply with JSON only: {{{keys}, "rationale": "<one sentence>"}}'
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def parse_verdict(content: str | None) -> tuple[dict[str, float], str | None]:
+    """(scores, rationale) from a judge reply; raises :class:`VerdictError` when invalid."""
+    if not content or not content.strip():
+        raise VerdictError("empty reply")
+    text = content.strip()
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        start, end = text.find("{"), text.rfind("}")
+        if start < 0 or end <= start:
+            raise VerdictError("reply is not JSON") from None
+        try:
+            obj = json.loads(text[start : end + 1])
+        except json.JSONDecodeError as e:
+            raise VerdictError(f"reply is not JSON: {e.msg}") from None
+    if not isinstance(obj, dict):
+        raise VerdictError("reply is not a JSON object")
+    missing = [k for k in DIMENSIONS if k not in obj]
+    if missing:
+        raise VerdictError(f"missing dimension(s) {missing}")
+    scores: dict[str, float] = {}
+    for k in DIMENSIONS:
+        v = obj[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise VerdictError(f"{k} is not a number: {v!r}")
+        if not 0.0 <= float(v) <= MAX_SCORE:
+            raise VerdictError(f"{k}={v} is outside 0-{MAX_SCORE:g}")
+        scores[k] = float(v)
+    rationale = obj.get("rationale")
+    return scores, rationale if isinstance(rationale, str) else None
+
+
+def judged_text(output: str) -> str:
+    """What the judge reads: the final pass of the output (the revised reasoning and answer)."""
+    return pass_text(output, "final").strip()
+
+
+@dataclass
+class Verdict:
+    valid: bool
+    scores: dict[str, float] | None
+    rationale: str | None
+    raw: str | None
+    error: str | None
+    attempts: int
+    latency_s: float
+
+    @property
+    def total(self) -> float | None:
+        return sum(self.scores.values()) if self.scores else None
+
+
+class Judge:
+    """One judge endpoint; use as a context manager (closes the HTTP client)."""
+
+    def __init__(self, cfg: JudgeConfig, client: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.cfg = cfg
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        else:
+            log.warning("judge: no API key in $%s; sending requests without one (fine for a local server)", cfg.api_key_env)
+        self._client = client or httpx.Client(timeout=cfg.timeout_s, headers=headers)
+        if client is not None:
+            client.headers.update(headers)
+        self._sleep = sleep
+
+    def __enter__(self) -> "Judge":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._client.close()
+
+    def _payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "model": self.cfg.model,
+            "messages": messages,
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.cfg.max_tokens,
+        }
+
+    def _delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        if response is not None:
+            try:
+                return min(float(response.headers.get("retry-after", "")), _MAX_RETRY_AFTER_S)
+            except ValueError:
+                pass
+        return self.cfg.backoff_s * (2**attempt)
+
+    def score(self, prediction: str, reference: dict[str, Any]) -> Verdict:
+        """One verdict. Raises :class:`JudgeError` when the endpoint refuses or stays unreachable."""
+        payload = self._payload(build_messages(prediction, reference))
+        t0 = time.perf_counter()
+        last_error = ""
+        raw: str | None = None
+        attempts = self.cfg.max_retries + 1
+        resp: httpx.Response | None = None
+        for attempt in range(attempts):
+            if attempt:
+                self._sleep(self._delay(attempt - 1, resp))
+            resp = None
+            try:
+                resp = self._client.post(self.url, json=payload, timeout=self.cfg.timeout_s)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                last_error = f"{type(e).__name__}: {e}"
+                log.warning("judge: %s (attempt %d/%d)", last_error, attempt + 1, attempts)
+                continue
+            if resp.status_code in _RETRY_STATUS:
+                last_error = f"HTTP {resp.status_code}"
+                log.warning("judge: %s (attempt %d/%d)", last_error, attempt + 1, attempts)
+                continue
+            if resp.status_code >= 400:
+                raise JudgeError(f"judge endpoint {self.url} answered HTTP {resp.status_code}: {resp.text[:200]}")
+            try:
+                raw = resp.json()["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                last_error = "response is not a chat completion"
+                raw = resp.text[:2000]
+                continue
+            try:
+                scores, rationale = parse_verdict(raw)
+            except VerdictError as e:
+                last_error = f"invalid verdict: {e}"
+                log.warning("judge: %s (attempt %d/%d)", last_error, attempt + 1, attempts)
+                continue
+            return Verdict(True, scores, rationale, raw, None, attempt + 1, time.perf_counter() - t0)
+        if raw is None:
+            raise JudgeError(f"judge endpoint {self.url} failed {attempts} time(s); last error: {last_error}")
+        return Verdict(False, None, None, raw, last_error, attempts, time.perf_counter() - t0)
+
+
+def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
+    """Mean score per dimension (0-10) and of the total (0-50) over valid verdicts."""
+    valid = [v for v in verdicts if v.valid and v.scores]
+    out: dict[str, Any] = {"n": len(valid), "n_invalid": len(verdicts) - len(valid)}
+    for k in DIMENSIONS:
+        out[k] = round(sum(v.scores[k] for v in valid) / len(valid), 3) if valid else None
+    out["total"] = round(sum(v.total for v in valid) / len(valid), 3) if valid else None
+    return out
+
+
+def judge_records(
+    records: Iterable[dict[str, Any]],
+    cfg: JudgeConfig,
+    out_jsonl: Path,
+    client: httpx.Client | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Judge every description record (``task == "description"``, style in ``cfg.styles``).
+
+    Each verdict is appended to ``out_jsonl`` as soon as it arrives, with the judge model and
+    temperature; returns ``{style: summary}`` plus the judge settings.
+    """
+    items = [r for r in records if r.get("task") == "description" and r.get("style") in cfg.styles]
+    out_jsonl = Path(out_jsonl)
+    out_jsonl.parent.mkdir(parents=True, exist_ok=True)
+    by_style: dict[str, list[Verdict]] = {}
+    with Judge(cfg, client=client, sleep=sleep) as judge, open(out_jsonl, "w") as sink:
+        for r in tqdm(items, desc="judge", unit="answer", file=sys.stderr, disable=not items):
+            v = judge.score(judged_text(r.get("output") or ""), r.get("truth") or {})
+            by_style.setdefault(r["style"], []).append(v)
+            sink.write(
+                json.dumps(
+                    {
+                        "model": r.get("model"),
+                        "video_id": r.get("video_id"),
+                        "style": r.get("style"),
+                        "judge_model": cfg.model,
+                        "judge_temperature": cfg.temperature,
+                        "valid": v.valid,
+                        "scores": v.scores,
+                        "total": v.total,
+                        "rationale": v.rationale,
+                        "error": v.error,
+                        "attempts": v.attempts,
+                        "latency_s": round(v.latency_s, 3),
+                        "raw": v.raw,
+                    }
+                )
+                + "\n"
+            )
+            sink.flush()
+    return {
+        "judge_model": cfg.model,
+        "judge_temperature": cfg.temperature,
+        "styles": {s: summarize(vs) for s, vs in by_style.items()},
+    }

@@ -1,0 +1,336 @@
+"""The evaluation report: one self-contained HTML page comparing the models side by side.
+
+Contents: the metric table (every task x prompt style, best value per row in bold), the reflection
+table (transition rates and IoU change of reflection traces), the VAU-Eval judge table when the judge
+ran, and four figures drawn with matplotlib (Agg backend, no display needed): the grounding IoU
+histogram, the class confusion matrix, the reflection transition matrix (first answer right/wrong x
+final answer right/wrong) and per-class accuracy. Figures are written as PNG files next to the
+report (``figures/``, for MLflow and browsing) and embedded in the HTML as base64, so the page can be
+mailed or opened from an artifact store without its folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from srvau.data.classes import CLASSES
+
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "qa": ("accuracy",),
+    "grounding": ("miou", "r@0.3", "r@0.5", "r@0.7"),
+    "classification": ("binary_acc", "multi_acc"),
+    "description": (),
+}
+REFLECTION_METRICS = ("wrong_to_right", "right_to_wrong", "right_to_right", "wrong_to_wrong", "miou_first", "miou_final", "iou_change")
+LOWER_IS_BETTER = {"right_to_wrong", "wrong_to_wrong"}
+NO_CLASS = "(none)"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _select(records: list[dict[str, Any]], task: str, style: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["task"] == task and r["style"] == style]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def fig_iou_histogram(records_by_model: dict[str, list[dict]], style: str, path: Path) -> Path | None:
+    import numpy as np
+
+    data = {m: [r["iou_final"] for r in _select(recs, "grounding", style)] for m, recs in records_by_model.items()}
+    if not any(data.values()):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    edges = np.linspace(0, 1, 11)
+    width = 0.1 / (len(data) + 1)
+    for i, (m, ious) in enumerate(data.items()):
+        counts, _ = np.histogram(np.clip(ious, 0, 1), bins=edges)
+        share = counts / max(len(ious), 1) * 100
+        ax.bar(edges[:-1] + width * (i + 0.5), share, width=width, align="edge", label=f"{m} (n={len(ious)}, mIoU {np.mean(ious) * 100 if ious else 0:.1f})")
+    ax.set_xticks(edges)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("IoU of the final interval with the ground truth")
+    ax.set_ylabel("% of grounding samples")
+    ax.set_title(f"Temporal grounding IoU ({style} prompts)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _class_axis(pairs: list[tuple[str, str]]) -> list[str]:
+    seen = {a for a, _ in pairs} | {p for _, p in pairs}
+    axis = [c for c in CLASSES if c in seen] + sorted(seen - set(CLASSES) - {NO_CLASS})
+    return axis + ([NO_CLASS] if NO_CLASS in seen else [])
+
+
+def fig_confusion(records_by_model: dict[str, list[dict]], style: str, path: Path) -> Path | None:
+    import numpy as np
+
+    pairs = {
+        m: [(r["truth"]["answer"], r["final_answer"] or NO_CLASS) for r in _select(recs, "classification", style)]
+        for m, recs in records_by_model.items()
+    }
+    if not any(pairs.values()):
+        return None
+    axis = _class_axis([p for ps in pairs.values() for p in ps])
+    rows = [c for c in axis if c != NO_CLASS and any(a == c for ps in pairs.values() for a, _ in ps)]
+    n = len(pairs)
+    plt = _plt()
+    size = 1.2 + 0.42 * len(axis)
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 1.0, 0.42 * len(rows) + 2.6), squeeze=False)
+    for ax, (m, ps) in zip(axes[0], pairs.items()):
+        mat = np.zeros((len(rows), len(axis)), dtype=int)
+        for a, p in ps:
+            mat[rows.index(a), axis.index(p)] += 1
+        ax.imshow(mat, cmap="Blues", vmin=0, vmax=max(mat.max(), 1), aspect="auto")
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                if mat[i, j]:
+                    ax.text(j, i, str(mat[i, j]), ha="center", va="center", fontsize=8, color="white" if mat[i, j] > mat.max() / 2 else "black")
+        ax.set_xticks(range(len(axis)), [c.replace("_", " ") for c in axis], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), [c.replace("_", " ") for c in rows], fontsize=8)
+        acc = sum(a == p for a, p in ps) / len(ps) * 100 if ps else 0
+        ax.set_title(f"{m}: 20-way acc {acc:.1f}%", fontsize=10)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("ground truth")
+    fig.suptitle(f"Classification confusion ({style} prompts)", fontsize=11)
+    return _save(fig, path)
+
+
+def _transition_matrix(recs: list[dict], task: str, iou_right: float) -> list[list[int]]:
+    if task == "grounding":
+        pairs = [(r["iou_first"] >= iou_right, r["iou_final"] >= iou_right) for r in recs]
+    else:
+        pairs = [(bool(r["first_correct"]), bool(r["final_correct"])) for r in recs]
+    c = Counter(pairs)
+    return [[c.get((True, True), 0), c.get((True, False), 0)], [c.get((False, True), 0), c.get((False, False), 0)]]
+
+
+def fig_reflection(records_by_model: dict[str, list[dict]], iou_right: float, path: Path) -> Path | None:
+    import numpy as np
+
+    tasks = [t for t in ("qa", "grounding", "classification") if any(_select(r, t, "reflect") for r in records_by_model.values())]
+    if not tasks:
+        return None
+    models = list(records_by_model)
+    plt = _plt()
+    fig, axes = plt.subplots(len(tasks), len(models), figsize=(2.9 * len(models) + 0.6, 2.6 * len(tasks) + 0.4), squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, m in enumerate(models):
+            ax = axes[i][j]
+            recs = _select(records_by_model[m], task, "reflect")
+            mat = np.array(_transition_matrix(recs, task, iou_right))
+            total = max(mat.sum(), 1)
+            ax.imshow(mat, cmap="Greens", vmin=0, vmax=max(mat.max(), 1))
+            for a in range(2):
+                for b in range(2):
+                    ax.text(b, a, f"{mat[a, b]}\n{mat[a, b] / total * 100:.0f}%", ha="center", va="center", fontsize=9,
+                            color="white" if mat[a, b] > mat.max() / 2 and mat.max() else "black")
+            ax.set_xticks([0, 1], ["right", "wrong"])
+            ax.set_yticks([0, 1], ["right", "wrong"])
+            if i == len(tasks) - 1:
+                ax.set_xlabel("final answer")
+            if j == 0:
+                label = f"IoU>={iou_right:g}" if task == "grounding" else "correct"
+                ax.set_ylabel(f"{task}\nfirst answer ({label})")
+            if i == 0:
+                ax.set_title(m)
+    fig.suptitle("Reflection transitions (reflect prompts): first x final answer", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def fig_per_class(records_by_model: dict[str, list[dict]], style: str, path: Path) -> Path | None:
+    import numpy as np
+
+    per: dict[str, dict[str, list[bool]]] = {}
+    for m, recs in records_by_model.items():
+        for r in _select(recs, "classification", style):
+            per.setdefault(m, {}).setdefault(r["truth"]["answer"], []).append(bool(r["final_correct"]))
+    if not per:
+        return None
+    classes = [c for c in CLASSES if any(c in d for d in per.values())]
+    classes += sorted({c for d in per.values() for c in d} - set(classes))
+    models = list(records_by_model)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(classes) * max(1, len(models) / 2) + 1.5))
+    height = 0.8 / len(models)
+    y = np.arange(len(classes))
+    for i, m in enumerate(models):
+        d = per.get(m, {})
+        acc = [sum(d[c]) / len(d[c]) * 100 if d.get(c) else 0 for c in classes]
+        ax.barh(y + i * height, acc, height=height, label=m)
+    n = {c: max(len(d.get(c, [])) for d in per.values()) for c in classes}
+    ax.set_yticks(y + height * (len(models) - 1) / 2, [f"{c.replace('_', ' ')} (n={n[c]})" for c in classes], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("20-way accuracy (%)")
+    ax.set_title(f"Per-class classification accuracy ({style} prompts)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "&ndash;"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return html.escape(str(v))
+
+
+def _row(label_cells: list[str], values: list[Any], lower_better: bool = False) -> str:
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    best = (min(nums) if lower_better else max(nums)) if len(nums) > 1 and len(set(nums)) > 1 else None
+    cells = "".join(f"<td>{html.escape(c)}</td>" for c in label_cells)
+    for v in values:
+        s = _fmt(v)
+        cells += f'<td class="num">{"<b>" + s + "</b>" if best is not None and v == best else s}</td>'
+    return f"<tr>{cells}</tr>"
+
+
+def metric_table(results: dict[str, Any]) -> str:
+    models = list(results)
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    out = [f'<table class="metrics"><thead><tr><th>task</th><th>style</th><th>metric</th>{head}</tr></thead><tbody>']
+    styles_seen = []
+    for m in models:
+        for task in TASK_METRICS:
+            for s in results[m].get(task, {}):
+                if s not in styles_seen:
+                    styles_seen.append(s)
+    for task, keys in TASK_METRICS.items():
+        for style in styles_seen:
+            cells = [results[m].get(task, {}).get(style) for m in models]
+            if not any(cells):
+                continue
+            for key in (*keys, "well_formed", "n"):
+                out.append(_row([task, style, key], [(c or {}).get(key) for c in cells]))
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def reflection_table(results: dict[str, Any]) -> str:
+    models = list(results)
+    if not any(results[m].get("reflection") for m in models):
+        return "<p>No reflection-style outputs were evaluated.</p>"
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    out = [f'<table class="metrics"><thead><tr><th>task</th><th>metric (% of samples)</th>{head}</tr></thead><tbody>']
+    for task in ("qa", "grounding", "classification"):
+        cells = [results[m].get("reflection", {}).get(task) for m in models]
+        if not any(cells):
+            continue
+        for key in ("reflective", *REFLECTION_METRICS):
+            vals = [(c or {}).get(key) for c in cells]
+            if all(v is None for v in vals):
+                continue
+            out.append(_row([task, key], vals, lower_better=key in LOWER_IS_BETTER))
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def judge_table(results: dict[str, Any]) -> str:
+    models = [m for m in results if results[m].get("vau_eval")]
+    if not models:
+        return "<p>The VAU-Eval judge was not run (<code>evaluate.judge.enabled: false</code>).</p>"
+    from srvau.evaluation.judge import DIMENSIONS
+
+    first = results[models[0]]["vau_eval"]
+    note = f"<p>Judge model <code>{html.escape(str(first.get('judge_model')))}</code>, temperature {first.get('judge_temperature')}; scores 0-10 (total 0-50).</p>"
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    out = [note, f'<table class="metrics"><thead><tr><th>style</th><th>dimension</th>{head}</tr></thead><tbody>']
+    styles = sorted({s for m in models for s in results[m]["vau_eval"].get("styles", {})})
+    for s in styles:
+        for key in (*DIMENSIONS, "total", "n", "n_invalid"):
+            vals = [results[m]["vau_eval"].get("styles", {}).get(s, {}).get(key) for m in models]
+            out.append(_row([s, key], vals, lower_better=key == "n_invalid"))
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None:
+        return f"<p><i>{html.escape(alt)}: no data.</i></p>"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)} (<code>figures/{Path(path).name}</code>)</figcaption></figure>'
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table.metrics{border-collapse:collapse;margin:1em 0;font-size:14px}
+table.metrics th,table.metrics td{border:1px solid #ccc;padding:3px 8px}
+table.metrics th{background:#f0f0f0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1.5em 0} img{max-width:100%} figcaption{font-size:13px;color:#555}
+code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def write_report(
+    results: dict[str, Any],
+    records_by_model: dict[str, list[dict]],
+    path: Path,
+    info: dict[str, Any],
+    style: str = "reflect",
+    iou_right: float = 0.5,
+) -> Path:
+    """Write figures/*.png next to ``path`` and the HTML report itself; returns ``path``."""
+    path = Path(path)
+    figs = path.parent / "figures"
+    images = [
+        (fig_iou_histogram(records_by_model, style, figs / "iou_histogram.png"), "Grounding IoU histogram"),
+        (fig_confusion(records_by_model, style, figs / "confusion.png"), "Class confusion matrix"),
+        (fig_reflection(records_by_model, iou_right, figs / "reflection_transitions.png"), "Reflection transition matrix"),
+        (fig_per_class(records_by_model, style, figs / "per_class_accuracy.png"), "Per-class accuracy"),
+    ]
+    info_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in info.items())
+    body = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>srvau evaluation: {html.escape(' vs '.join(results))}</title>
+<style>{CSS}</style></head><body>
+<h1>Evaluation report: {html.escape(' / '.join(results))}</h1>
+<table class="metrics">{info_rows}</table>
+<h2>Metrics</h2>
+<p>Percentages (0-100) by VAU-R1's protocol: QA accuracy; grounding mIoU and R@k on anomaly intervals;
+classification binary and 20-way accuracy. Styles: <code>reflect</code> (reflection trace, final answer scored),
+<code>think</code> and <code>direct</code> (VAU-R1's think / no-think prompts). <code>well_formed</code>: share of
+outputs in the style's format. Best value per row in bold.</p>
+{metric_table(results)}
+<h2>Reflection</h2>
+<p>Share of reflection traces whose first answer was right/wrong and final answer right/wrong (grounding:
+right = IoU &ge; {iou_right:g}); <code>iou_change</code> = mean final minus first IoU (x100).</p>
+{reflection_table(results)}
+<h2>VAU-Eval (LLM judge)</h2>
+{judge_table(results)}
+<h2>Figures</h2>
+{''.join(_img(p, alt) for p, alt in images)}
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(body)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,320 @@
+"""The ``evaluate`` stage: every available model on the evaluation split, all tasks and prompt styles.
+
+Outputs under ``out_dir`` (``reports/eval`` by default)::
+
+    metrics.json                 DVC metrics: model -> task -> style -> metrics (+ reflection, vau_eval)
+    inference.json               throughput and padding per model (kept out of metrics.json: it is
+                                 machine-dependent noise for ``dvc metrics diff``)
+    predictions/<model>.jsonl    one record per (video, task, style): prompt, output, parsed answers, truth
+    judge/<model>.jsonl          every VAU-Eval verdict (when the judge is on)
+    plots/...                    DVC plot data (see :func:`write_plot_data`)
+    figures/*.png, report.html   the side-by-side report (srvau.evaluation.report)
+
+Metrics follow DESIGN 6 through :mod:`srvau.evaluation.metrics` (VAU-R1's parsers and rounding):
+QA accuracy, grounding mIoU and R@0.3/0.5/0.7 on anomaly intervals only, classification binary and
+20-way accuracy, per prompt style (``reflect``: our trace, scored on its final answer; ``think`` and
+``direct``: VAU-R1's think / no-think prompts). Additions of ours: ``well_formed`` (share of outputs
+in the style's format) for every task, and for the ``reflect`` style the reflection transitions
+(wrong->right, right->wrong, ... between the first and final answer; IoU change for grounding).
+Descriptions have no automatic metric besides the judge (as in VAU-R1).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from srvau.config import Params
+from srvau.data.classes import CLASSES
+from srvau.evaluation import metrics as M
+from srvau.evaluation.inference import (
+    METRIC_TASK,
+    GenerationSettings,
+    ManifestError,
+    build_samples,
+    read_manifest,
+    run_inference,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+IOU_BINS = [round(i / 10, 1) for i in range(11)]  # 0.0, 0.1, ... 1.0
+NO_CLASS = "(none)"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def resolve_checkpoint(spec: str, params: Params) -> str | None:
+    """A loadable checkpoint for ``spec``, or None when it does not exist (yet).
+
+    A local folder holding ``config.json`` (or a ``merged/`` sub-folder that does, where training
+    keeps the merged LoRA model). ``owner/name`` whose first folder does not exist locally is taken
+    as a Hub id (the paper-scale base model); inside an existing local folder it is a missing checkpoint.
+    """
+    p = params.resolve(spec)
+    for cand in (p, p / "merged"):
+        if (cand / "config.json").is_file():
+            return str(cand)
+    if not p.exists() and _HUB_ID.match(spec) and not params.resolve(spec.split("/")[0]).exists():
+        return spec
+    return None
+
+
+def available_models(models: dict[str, str], params: Params) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for label, spec in models.items():
+        ckpt = resolve_checkpoint(spec, params)
+        if ckpt is None:
+            log.warning("model %s: no checkpoint at %s; skipped", label, params.resolve(spec))
+        else:
+            out[label] = ckpt
+    return out
+
+
+def _device_map() -> str | None:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _well_formed(r: dict[str, Any]) -> bool:
+    if r["style"] == "reflect":
+        return bool(r.get("reflective"))
+    if r["style"] == "think":
+        return bool(r.get("single_pass"))
+    return "<answer>" in (r.get("output") or "") and "</answer>" in (r.get("output") or "")
+
+
+def _gts(task: str, recs: list[dict[str, Any]]) -> list[Any]:
+    if task == "grounding":
+        return [(r["truth"]["start_s"], r["truth"]["end_s"]) for r in recs]
+    return [r["truth"]["answer"] for r in recs]
+
+
+def compute_metrics(records: list[dict[str, Any]], iou_right: float = 0.5) -> dict[str, Any]:
+    """model metrics: ``{task: {style: {...}}, "reflection": {task: {...}}}`` from prediction records."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["style"]), []).append(r)
+    out: dict[str, Any] = {}
+    reflection: dict[str, Any] = {}
+    for (task, style), recs in sorted(groups.items()):
+        texts = [r["output"] for r in recs]
+        if task in METRIC_TASK:
+            m = M.task_metrics(METRIC_TASK[task], texts, _gts(task, recs))
+            m.pop("task", None)
+        else:
+            m = {"n": len(recs)}
+        m["well_formed"] = M.pct(sum(map(_well_formed, recs)) / len(recs))
+        out.setdefault(task, {})[style] = m
+        if style == "reflect" and task in METRIC_TASK:
+            rm = M.reflection_metrics(METRIC_TASK[task], texts, _gts(task, recs), iou_right=iou_right)
+            rm.pop("task", None)
+            reflection[task] = rm
+    if reflection:
+        out["reflection"] = reflection
+    return out
+
+
+# ----------------------------------------------------------------------------- plot data
+
+
+def _select(records: list[dict[str, Any]], task: str, style: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["task"] == task and r["style"] == style]
+
+
+def iou_histogram(records: list[dict[str, Any]], style: str) -> list[dict[str, Any]]:
+    """Counts of final-answer IoU in bins of 0.1 (the last bin holds IoU == 1.0)."""
+    counts = Counter()
+    for r in _select(records, "grounding", style):
+        counts[min(int(r["iou_final"] * 10), 9)] += 1
+    return [{"bin": f"{IOU_BINS[i]:.1f}-{IOU_BINS[i + 1]:.1f}", "count": counts.get(i, 0)} for i in range(10)]
+
+
+def confusion_pairs(records: list[dict[str, Any]], style: str) -> list[dict[str, str]]:
+    """(actual, predicted) class per classification sample; no class found -> ``(none)``."""
+    return [
+        {"actual": r["truth"]["answer"], "predicted": r["final_answer"] or NO_CLASS}
+        for r in _select(records, "classification", style)
+    ]
+
+
+def per_class_accuracy(records: list[dict[str, Any]], style: str) -> list[dict[str, Any]]:
+    """20-way accuracy per ground-truth class (classes in VAU-Bench order)."""
+    by: dict[str, list[bool]] = {}
+    for r in _select(records, "classification", style):
+        by.setdefault(r["truth"]["answer"], []).append(bool(r["final_correct"]))
+    order = [c for c in CLASSES if c in by] + sorted(set(by) - set(CLASSES))
+    return [{"class": c, "accuracy": M.pct(sum(by[c]) / len(by[c])), "n": len(by[c])} for c in order]
+
+
+def transition_counts(records: list[dict[str, Any]], iou_right: float) -> list[dict[str, Any]]:
+    """First x final correctness counts of reflection traces, per task (the transition matrix)."""
+    rows = []
+    for task in ("qa", "grounding", "classification"):
+        recs = _select(records, task, "reflect")
+        if not recs:
+            continue
+        if task == "grounding":
+            pairs = [(r["iou_first"] >= iou_right, r["iou_final"] >= iou_right) for r in recs]
+        else:
+            pairs = [(bool(r["first_correct"]), bool(r["final_correct"])) for r in recs]
+        c = Counter(pairs)
+        for first in (True, False):
+            for final in (True, False):
+                rows.append(
+                    {
+                        "task": task,
+                        "first": "right" if first else "wrong",
+                        "final": "right" if final else "wrong",
+                        "count": c.get((first, final), 0),
+                    }
+                )
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def write_plot_data(records_by_model: dict[str, list[dict[str, Any]]], plots_dir: Path, style: str, iou_right: float) -> list[Path]:
+    """DVC plot files, one per model in each folder so ``dvc plots`` overlays the models::
+
+    plots/iou_hist/<model>.csv     bin,count           (grounding, final IoU)
+    plots/confusion/<model>.csv    actual,predicted    (classification; DVC's confusion template)
+    plots/per_class/<model>.csv    class,accuracy,n
+    plots/reflection/<model>.csv   task,first,final,count
+    """
+    written = []
+    for label, recs in records_by_model.items():
+        written.append(_write_csv(plots_dir / "iou_hist" / f"{label}.csv", iou_histogram(recs, style), ["bin", "count"]))
+        written.append(_write_csv(plots_dir / "confusion" / f"{label}.csv", confusion_pairs(recs, style), ["actual", "predicted"]))
+        written.append(_write_csv(plots_dir / "per_class" / f"{label}.csv", per_class_accuracy(recs, style), ["class", "accuracy", "n"]))
+        written.append(
+            _write_csv(plots_dir / "reflection" / f"{label}.csv", transition_counts(recs, iou_right), ["task", "first", "final", "count"])
+        )
+    return written
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def evaluate(
+    manifest: Path,
+    models: dict[str, str],
+    out_dir: Path,
+    params: Params,
+    report: Path | None = None,
+    judge_client=None,
+) -> dict[str, Any]:
+    """Evaluate every model of ``models`` (label -> checkpoint; missing ones skipped with a warning).
+
+    Returns ``{"metrics": path, "report": path, "predictions": {label: path}, "models": metrics}``.
+    Logs the metrics (prefixed ``evaluate.``), metrics.json and the report to the active MLflow run.
+    """
+    from srvau.evaluation.judge import judge_records
+    from srvau.evaluation.report import write_report
+    from srvau.modeling import load_model, load_processor
+    from srvau.tracking.runs import log_stage_metrics, stage_run
+
+    cfg = params.evaluate
+    manifest, out_dir = Path(manifest), Path(out_dir)
+    report = Path(report) if report else out_dir / "report.html"
+    rows = read_manifest(manifest, cfg.split, cfg.limit)
+    samples = build_samples(rows, manifest.parent, cfg.tasks, cfg.styles, params.video)
+    if not samples:
+        raise ManifestError(f"no (video, task) in split {cfg.split!r} of {manifest} has a ground truth for tasks {cfg.tasks}")
+    ckpts = available_models(models, params)
+    if not ckpts:
+        raise FileNotFoundError(f"none of the models {models} has a checkpoint (train them first)")
+    settings = GenerationSettings(cfg.max_new_tokens, cfg.temperature, params.seed)
+    log.info("evaluating %s on %d prompts (%d videos, split %s)", list(ckpts), len(samples), rows.shape[0], cfg.split)
+
+    results: dict[str, Any] = {}
+    records_by_model: dict[str, list[dict[str, Any]]] = {}
+    predictions: dict[str, str] = {}
+    inference: dict[str, Any] = {}
+    with stage_run(params, STAGE):
+        import mlflow
+
+        for label, ckpt in ckpts.items():
+            model = load_model(ckpt, params.model, device_map=_device_map()).eval()
+            processor = load_processor(ckpt, params.model)
+            pred_path = out_dir / "predictions" / f"{label}.jsonl"
+            records, stats = run_inference(model, processor, samples, settings, cfg.batch_size, label, pred_path)
+            del model
+            gc.collect()
+            m = compute_metrics(records, cfg.iou_right)
+            if cfg.judge.enabled:
+                m["vau_eval"] = judge_records(records, cfg.judge, out_dir / "judge" / f"{label}.jsonl", client=judge_client)
+            results[label] = m
+            records_by_model[label] = records
+            predictions[label] = str(pred_path)
+            inference[label] = {"checkpoint": ckpt, **stats.as_dict()}
+            log_stage_metrics(STAGE, {label: _numeric(m)})
+
+        metrics_path = _write_json(out_dir / "metrics.json", results)
+        _write_json(out_dir / "inference.json", inference)
+        write_plot_data(records_by_model, out_dir / "plots", cfg.primary_style, cfg.iou_right)
+        info = {
+            "split": cfg.split,
+            "videos": int(rows.shape[0]),
+            "prompts": len(samples),
+            "models": {k: inference[k]["checkpoint"] for k in inference},
+            "decoding": "greedy" if settings.greedy else f"sampling, temperature {settings.temperature}",
+            "max_new_tokens": cfg.max_new_tokens,
+            "primary_style": cfg.primary_style,
+            "judge": {"model": cfg.judge.model, "temperature": cfg.judge.temperature} if cfg.judge.enabled else None,
+        }
+        report_path = write_report(results, records_by_model, report, info, cfg.primary_style, cfg.iou_right)
+
+        mlflow.set_tags({"evaluate.split": cfg.split, "evaluate.models": ",".join(ckpts)})
+        if cfg.judge.enabled:
+            mlflow.set_tags({"evaluate.judge.model": cfg.judge.model, "evaluate.judge.temperature": str(cfg.judge.temperature)})
+        mlflow.log_artifact(str(metrics_path), artifact_path="evaluate")
+        mlflow.log_artifact(str(out_dir / "inference.json"), artifact_path="evaluate")
+        mlflow.log_artifact(str(report_path), artifact_path="evaluate")
+        figures = report_path.parent / "figures"
+        if figures.is_dir():
+            mlflow.log_artifacts(str(figures), artifact_path="evaluate/figures")
+    return {"metrics": str(metrics_path), "report": str(report_path), "predictions": predictions, "models": results}
+
+
+def _numeric(d: dict[str, Any]) -> dict[str, Any]:
+    """The numeric leaves of a metrics dict (None dropped), keys safe for MLflow (@ -> _at_)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = str(k).replace("@", "_at_")
+        if isinstance(v, dict):
+            sub = _numeric(v)
+            if sub:
+                out[key] = sub
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v
+    return out

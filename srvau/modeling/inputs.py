@@ -1,0 +1,75 @@
+"""Turning (prompt, cached frames) into Qwen2.5-VL model inputs: shared by SFT, GRPO and evaluation.
+
+Frames come from the frame cache (``srvau.video.cache``): uint8 (T, H, W, 3) already sampled by the one
+policy, so the processor must not sample again (``do_sample_frames=False``). The metadata (source fps,
+total frames, sampled indices) is passed on: without it Qwen2.5-VL assumes 24 fps and its temporal
+positions (``second_per_grid_ts``) are wrong, which matters for grounding in seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def user_message(prompt: str, system: str | None = None) -> list[dict[str, Any]]:
+    msgs: list[dict[str, Any]] = []
+    if system:
+        msgs.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    msgs.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]})
+    return msgs
+
+
+def conversation(prompt: str, answer: str | None = None, system: str | None = None) -> list[dict[str, Any]]:
+    msgs = user_message(prompt, system)
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return msgs
+
+
+def video_metadata(meta: dict[str, Any], num_frames: int) -> dict[str, Any]:
+    """The subset of cache metadata that transformers' ``VideoMetadata`` takes."""
+    return {
+        "total_num_frames": int(meta.get("total_num_frames") or num_frames),
+        "fps": float(meta["fps"]) if meta.get("fps") else None,
+        "frames_indices": [int(i) for i in meta.get("frames_indices", range(num_frames))],
+        "duration": float(meta["duration_s"]) if meta.get("duration_s") else None,
+    }
+
+
+def even_frames(frames: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Qwen2.5-VL packs frames in temporal pairs; an odd count repeats the last frame (as the processor
+    would) but we do it here so the metadata's indices stay in step with the pixels."""
+    if len(frames) % 2 == 0:
+        return frames, meta
+    meta = dict(meta)
+    idx = list(meta.get("frames_indices", range(len(frames))))
+    meta["frames_indices"] = idx + [idx[-1]]
+    return np.concatenate([frames, frames[-1:]], axis=0), meta
+
+
+def processor_inputs(
+    processor,
+    texts: Sequence[str],
+    videos: Sequence[np.ndarray],
+    metas: Sequence[dict[str, Any]],
+    padding_side: str = "left",
+    **kwargs,
+):
+    """Batch chat-templated ``texts`` with their videos; left padding for generation."""
+    frames, vmeta = [], []
+    for v, m in zip(videos, metas, strict=True):
+        v, m = even_frames(v, m)
+        frames.append(v)
+        vmeta.append(video_metadata(m, len(v)))
+    processor.tokenizer.padding_side = padding_side
+    return processor(
+        text=list(texts),
+        videos=frames,
+        video_metadata=vmeta,
+        do_sample_frames=False,
+        padding=True,
+        return_tensors="pt",
+        **kwargs,
+    )

@@ -1,0 +1,552 @@
+"""GRPO with video: a thin subclass of TRL 1.16's ``GRPOTrainer`` and the ``srvau grpo`` stage.
+
+Why a subclass. TRL's ``GRPOTrainer`` feeds images to the model but not videos: with a video in the
+prompt it runs without error, yet the log-prob forwards of the policy, the old policy and the
+reference model see only the text (wrong log-probs, wrong KL; measured in STACK.md). Video GRPO is an
+open upstream request (trl#4144, trl#5373). :class:`VideoGRPOTrainer` overrides five methods and
+copies none of TRL's logic:
+
+``_tokenize_prompts``
+    A dataset column ``video`` (a frame-cache reference, decoded lazily by ``video_loader``) is put
+    in the prompt like TRL puts its ``image`` column; the prompt is rendered by the chat template
+    and processed with its frames (``srvau.modeling.inputs.processor_inputs``: cached frames,
+    their metadata, no re-sampling). Generation then receives ``pixel_values_videos``,
+    ``video_grid_thw``, ``second_per_grid_ts`` and ``mm_token_type_ids`` through TRL's own
+    multimodal-fields path, and the per-sample video tensors are kept for the forwards below.
+``_get_per_token_logps_and_entropies``
+    Runs TRL's own implementation chunk by chunk with the chunk's video tensors bound to the model
+    call, and ``mm_token_type_ids`` rebuilt for prompt + completion from the token ids (without it
+    Qwen2.5-VL silently falls back to 1-D positions: up to ~9 nats off, STACK.md).
+``_generate_and_score_completions`` / ``compute_loss``
+    Wrap TRL's: the rollout's per-sample video tensors travel in the batch dict as per-sample lists,
+    so TRL's shuffling and splitting of the generation batch keep them aligned with their rows.
+``_calculate_rewards``
+    Wraps TRL's to compute SRPO's online difficulty filter (optional).
+``log``
+    Adds a table of sampled completions with their rewards to MLflow every K steps.
+
+Departures, and why:
+
+* SRPO's difficulty filter drops prompt groups whose accuracy is outside ``[low, high]`` and refills
+  the batch. Refilling does not fit TRL's fixed generation batch; we zero those groups' advantages
+  instead (TRL does the same for unscorable completions): they add no policy gradient, only the KL
+  term, and the batch shape stays fixed.
+* TRL 1.16 has no ``max_prompt_length``. Truncating a video prompt would cut video placeholder
+  tokens and break the forward, so ``max_prompt_length`` is a guard: a longer prompt is an error
+  that names the sample and the settings to change.
+* vLLM generation (``use_vllm``) goes through TRL's ``VLLMGeneration``, which forwards images only;
+  with a video prompt the trainer refuses to run rather than generate from text alone.
+* Vision placeholder tokens are suppressed in generation (TRL suppresses only the image pad): an
+  untrained policy samples ``<|video_pad|>`` and the next forward fails (STACK.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from srvau.compat import ensure_torchvision
+
+ensure_torchvision()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from accelerate.utils import gather_object  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl.data_utils import prepare_multimodal_messages  # noqa: E402
+
+from srvau.config import GrpoConfig, Params  # noqa: E402
+from srvau.modeling.inputs import processor_inputs  # noqa: E402
+from srvau.modeling.loading import vision_token_ids  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+VIDEO_COLUMN = "video"
+# Qwen2.5-VL's mm_token_type_ids values (processing_qwen2_5_vl): text 0, image 1, video 2.
+MM_IMAGE, MM_VIDEO = 1, 2
+GRPO_TASKS = ("qa", "grounding", "classification")
+# RoCoT columns that describe the *teacher's* trace; a reward must never read them as the policy's.
+TEACHER_COLUMNS = ("completion", "first_answer", "final_answer", "first_correct", "teacher")
+
+VideoLoader = Callable[[str], tuple[np.ndarray, dict[str, Any]]]
+CorrectFn = Callable[[list[str], dict[str, list[Any]]], list[bool | None]]
+
+
+# ----------------------------------------------------------------------------- small pure helpers
+
+
+def with_video(messages: list[dict[str, Any]], ref: str) -> list[dict[str, Any]]:
+    """Structured messages with one video part before the first user text, as TRL does for images
+    (``prepare_multimodal_messages``) and as ``srvau.modeling.inputs.user_message`` lays it out."""
+    out = prepare_multimodal_messages(messages)
+    for i, m in enumerate(out):
+        if m["role"] == "user":
+            out[i] = {**m, "content": [{"type": "video", "video": ref}, *m["content"]]}
+            return out
+    raise ValueError("prompt has no user message to attach the video to")
+
+
+def video_refs(messages: list[dict[str, Any]]) -> list[str]:
+    return [
+        part["video"]
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "video" and part.get("video") is not None
+    ]
+
+
+def mm_token_types(input_ids: torch.Tensor, image_id: int | None, video_id: int | None) -> torch.Tensor:
+    """``mm_token_type_ids`` for any token sequence: generation never emits placeholders (they are
+    suppressed), so the placeholder ids mark exactly the vision positions of prompt + completion."""
+    mm = torch.zeros_like(input_ids)
+    if image_id is not None:
+        mm[input_ids == image_id] = MM_IMAGE
+    if video_id is not None:
+        mm[input_ids == video_id] = MM_VIDEO
+    return mm
+
+
+def split_video_batch(enc: Any, n: int) -> dict[str, list[torch.Tensor]]:
+    """Per-sample video tensors from a batched processor output with one video per sample."""
+    grids = enc["video_grid_thw"]
+    if grids.shape[0] != n:
+        raise ValueError(f"expected one video per prompt, got {grids.shape[0]} videos for {n} prompts")
+    rows = grids.prod(-1).tolist()
+    pixels = list(torch.split(enc["pixel_values_videos"], rows, dim=0))
+    seconds = enc.get("second_per_grid_ts")
+    seconds = torch.as_tensor(seconds if seconds is not None else [1.0] * n, dtype=torch.float32)
+    return {
+        "pixel_values_videos": pixels,
+        "video_grid_thw": [grids[i : i + 1] for i in range(n)],
+        "second_per_grid_ts": [seconds[i : i + 1] for i in range(n)],
+    }
+
+
+def concat_video(video: dict[str, list[torch.Tensor]], start: int, end: int) -> dict[str, torch.Tensor]:
+    return {k: torch.cat(v[start:end], dim=0) for k, v in video.items()}
+
+
+def completion_text(c: Any) -> str:
+    if isinstance(c, list):
+        return "".join(m.get("content") or "" for m in c if isinstance(m, dict))
+    return str(c)
+
+
+def user_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return str(messages)
+    for m in messages:
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):
+                return " ".join(p.get("text") or "" for p in content if p.get("type") == "text")
+            return str(content)
+    return ""
+
+
+@dataclass(frozen=True)
+class DifficultyFilter:
+    """SRPO's online filter: keep prompt groups whose accuracy lies in ``[low, high]``."""
+
+    correct: CorrectFn
+    low: float = 0.1
+    high: float = 0.9
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class VideoGRPOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` whose prompts may carry one video each (dataset column ``video``).
+
+    Extra arguments: ``video_loader(ref) -> (frames uint8 (T,H,W,3), metadata)``; ``max_prompt_length``
+    (guard, see module docstring); ``difficulty`` (SRPO filter); ``table_every`` (log a table of
+    sampled completions to the active MLflow run every this many steps; 0 = never).
+    """
+
+    def __init__(
+        self,
+        *args,
+        video_loader: VideoLoader | None = None,
+        max_prompt_length: int | None = None,
+        difficulty: DifficultyFilter | None = None,
+        table_every: int = 0,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.video_loader = video_loader
+        self.max_prompt_length = max_prompt_length
+        self.difficulty = difficulty
+        self.table_every = table_every
+        self._video_batch: dict[str, list[torch.Tensor]] | None = None
+        self._difficulty_keep: torch.Tensor | None = None
+        self.tables_logged: list[int] = []
+        if self._is_vlm and not self.use_vllm:
+            suppress = sorted(set(self.generation_kwargs.get("suppress_tokens") or []) | set(vision_token_ids(self._tokenizer)))
+            self.generation_kwargs["suppress_tokens"] = suppress
+            self.generation_config.suppress_tokens = suppress
+
+    # -- rollout ----------------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        if inputs and VIDEO_COLUMN in inputs[0]:
+            inputs = [self._attach_video(x) for x in inputs]
+            if "sample_id" in inputs[0]:  # shown in the completions table (TRL's log_extra channel)
+                self._log_completion_extra("sample_id", [str(x["sample_id"]) for x in inputs])
+            if "task" in inputs[0]:
+                self._log_completion_extra("task", [str(x["task"]) for x in inputs])
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            if self._video_batch is not None:
+                output.update(self._video_batch)
+            if self._difficulty_keep is not None:
+                self._apply_difficulty(output, len(inputs))
+        finally:
+            self._video_batch = None
+            self._difficulty_keep = None
+        return output
+
+    def _attach_video(self, x: dict[str, Any]) -> dict[str, Any]:
+        ref = x[VIDEO_COLUMN]
+        if ref is None or (isinstance(ref, float) and math.isnan(ref)):
+            return x
+        return {**x, "prompt": with_video(x["prompt"], str(ref))}
+
+    def _tokenize_prompts(self, prompts: list):
+        refs = [video_refs(p) if isinstance(p, list) else [] for p in prompts]
+        if not any(refs):
+            return super()._tokenize_prompts(prompts)
+        if not all(len(r) == 1 for r in refs):
+            raise ValueError("every prompt of a video batch must carry exactly one video")
+        if self.use_vllm:
+            raise NotImplementedError(
+                "vLLM generation with video prompts is not supported: TRL 1.16's VLLMGeneration forwards "
+                "images only (trl#4144, trl#5373). Set grpo.use_vllm=false."
+            )
+        if self.video_loader is None:
+            raise ValueError("VideoGRPOTrainer needs a video_loader to decode the 'video' column")
+        texts = [
+            self.processing_class.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs)
+            for p in prompts
+        ]
+        # A generation batch repeats each prompt num_generations times: decode and process each once.
+        keys = [(t, r[0]) for t, r in zip(texts, refs)]
+        unique = list(dict.fromkeys(keys))
+        clips = [self.video_loader(ref) for _, ref in unique]
+        enc = processor_inputs(
+            self.processing_class, [t for t, _ in unique], [c[0] for c in clips], [c[1] for c in clips], padding_side="left"
+        )
+        per_unique = split_video_batch(enc, len(unique))
+        ids_unique = [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
+        index = [unique.index(k) for k in keys]
+        prompt_ids = [ids_unique[i] for i in index]
+        self._check_prompt_lengths(prompt_ids, [ref for _, ref in keys])
+        device = self.accelerator.device
+        self._video_batch = {k: [v[i].to(device) for i in index] for k, v in per_unique.items()}
+        fields = concat_video(self._video_batch, 0, len(prompts))
+        fields["mm_token_type_ids"] = [
+            mm_token_types(torch.tensor(ids), self._image_pad_token_id, self._video_pad_token_id).tolist() for ids in prompt_ids
+        ]
+        return prompt_ids, None, fields
+
+    def _check_prompt_lengths(self, prompt_ids: list[list[int]], refs: list[str]) -> None:
+        if self.max_prompt_length is None:
+            return
+        for ids, ref in zip(prompt_ids, refs):
+            if len(ids) > self.max_prompt_length:
+                raise ValueError(
+                    f"prompt for video {ref} has {len(ids)} tokens (video included), over max_prompt_length="
+                    f"{self.max_prompt_length}; video prompts cannot be truncated. Raise grpo.max_prompt_length "
+                    "or lower video.total_pixels / video.max_frames."
+                )
+
+    # -- log-probs ----------------------------------------------------------------------------------
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        video = self._video_batch
+        if video is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs,
+            )
+        if kwargs.get("pixel_values") is not None:
+            raise ValueError("prompts mixing images and videos are not supported")
+        n = input_ids.size(0)
+        step = batch_size or n
+        mm = mm_token_types(input_ids, self._image_pad_token_id, self._video_pad_token_id)
+        logps, entropies, aux = [], [], []
+        for start in range(0, n, step):
+            end = min(start + step, n)
+            # TRL's own chunk: labels, fused LM head, autocast; the video rides along in the model call.
+            chunk_model = functools.partial(model, **concat_video(video, start, end))
+            lp, ent, ax = super()._get_per_token_logps_and_entropies(
+                chunk_model, input_ids[start:end], attention_mask[start:end], logits_to_keep,
+                batch_size=end - start, compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss,
+                mm_token_type_ids=mm[start:end],
+            )
+            logps.append(lp)
+            entropies.append(ent)
+            aux.append(ax)
+        return (
+            torch.cat(logps, dim=0),
+            torch.cat(entropies, dim=0) if compute_entropy else None,
+            torch.stack(aux).mean() if compute_aux_loss else None,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        video = {k: inputs[k] for k in VIDEO_KEYS if k in inputs}
+        if not video:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        rest = {k: v for k, v in inputs.items() if k not in VIDEO_KEYS}
+        self._video_batch = video
+        try:
+            return super().compute_loss(model, rest, return_outputs, num_items_in_batch)
+        finally:
+            self._video_batch = None
+
+    # -- SRPO difficulty filter ---------------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.difficulty is not None:
+            from srvau.training.rewards import difficulty_keep
+
+            columns = {k: [x.get(k) for x in inputs] for k in inputs[0] if k != "prompt"}
+            correct = gather_object(self.difficulty.correct([completion_text(c) for c in completions], columns))
+            mode = "train" if self.model.training else "eval"
+            g = self.num_generations if mode == "train" else self.num_generations_eval
+            groups = difficulty_keep(correct, g, self.difficulty.low, self.difficulty.high)
+            self._difficulty_keep = torch.tensor([k for k in groups for _ in range(g)], dtype=torch.float32)
+            self._metrics[mode]["difficulty/kept_groups"].append(sum(groups) / max(len(groups), 1))
+        return rewards
+
+    def _apply_difficulty(self, output: dict[str, Any], n_local: int) -> None:
+        start = self.accelerator.process_index * n_local
+        keep = self._difficulty_keep[start : start + n_local].to(output["advantages"].device)
+        adv = output["advantages"]
+        output["advantages"] = adv * (keep if adv.dim() == 1 else keep.unsqueeze(1))
+
+    # -- completions table --------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        step = self.state.global_step
+        if (
+            self.table_every
+            and self.model.training
+            and step > 0
+            and step % self.table_every == 0
+            and step not in self.tables_logged
+            and self.accelerator.is_main_process
+            and self._logs["completion"]
+        ):
+            self._log_completions_table(step)
+        super().log(logs, start_time)
+
+    def completions_frame(self, step: int):
+        import pandas as pd
+
+        n = len(self._logs["completion"])
+        table: dict[str, Any] = {
+            "step": [step] * n,
+            "prompt": [user_text(p) for p in self._logs["prompt"]],
+            "completion": [completion_text(c) for c in self._logs["completion"]],
+        }
+        for col, values in self._logs["extra"].items():
+            if len(values) == n:
+                table[col] = list(values)
+        for name, values in self._logs["rewards"].items():
+            table[f"reward/{name}"] = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+        table["advantage"] = list(self._logs["advantages"])
+        return pd.DataFrame(table)
+
+    def _log_completions_table(self, step: int) -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        mlflow.log_table(data=self.completions_frame(step), artifact_file=f"grpo/completions/step_{step:06d}.json")
+        self.tables_logged.append(step)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _nan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -> list[dict[str, Any]]:
+    """GRPO prompts from RoCoT rows: tasks with verifiable rewards only, one row per sample, the
+    conversational prompt (system + task prompt, no completion), the video reference, and the ground
+    truth columns the rewards read. The teacher's trace columns are dropped (``TEACHER_COLUMNS``)."""
+    from srvau.cot.prompts import system_prompt
+    from srvau.training.common import resolve_frames_path
+
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("task") not in cfg.tasks or r.get("split", "train") != "train":
+            continue
+        sid = r.get("sample_id") or f"{r.get('video_id')}:{r['task']}"
+        if sid in out:
+            continue
+        if _nan(r.get("frames_path")):
+            raise ValueError(f"RoCoT sample {sid} has no frames_path: its video was not ingested")
+        system = system_prompt(cfg.prompt_style, r["task"]) if cfg.prompt_style else r.get("system")
+        prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]
+        row = {k: v for k, v in r.items() if k not in TEACHER_COLUMNS and k not in ("prompt", "system", "frames_path")}
+        row.update(sample_id=sid, prompt=prompt, video=str(resolve_frames_path(r["frames_path"], params)))
+        out[sid] = row
+    if not out:
+        raise ValueError(f"no RoCoT train rows for tasks {list(cfg.tasks)}")
+    return list(out.values())
+
+
+def load_rocot_rows(rocot_dir: Path, split: str = "train") -> list[dict[str, Any]]:
+    try:
+        from srvau.cot.dataset import load_rocot
+    except ImportError:  # until the RoCoT module lands: read the parquet that is its contract
+        import pandas as pd
+
+        path = Path(rocot_dir) / f"{split}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"RoCoT split {path} does not exist; run `srvau rocot` first") from None
+        return pd.read_parquet(path).to_dict("records")
+    return [dict(r) for r in load_rocot(Path(rocot_dir), split)]
+
+
+def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path) -> GRPOConfig:
+    """TRL's config from ours. Generation options (vLLM, temperature, lengths) pass straight through."""
+    bf16 = params.model.torch_dtype == "bfloat16"
+    return GRPOConfig(
+        output_dir=str(checkpoints),
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        beta=cfg.beta,
+        loss_type=cfg.loss_type,
+        reward_weights=None,  # set by the caller from the registry
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=1,
+        report_to="none",
+        seed=params.seed,
+        data_seed=params.seed,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(model, processor, dataset, cfg: GrpoConfig, params: Params, checkpoints: Path, callbacks=()):
+    """The configured :class:`VideoGRPOTrainer` (rewards by name, LoRA or full, vision freezing)."""
+    from srvau.training import common
+    from srvau.training.rewards import final_correct, get_reward_funcs
+
+    funcs, weights = get_reward_funcs(cfg.reward_funcs, cfg.reward_options or None)
+    args = grpo_config(cfg, params, checkpoints)
+    args.reward_weights = weights
+    peft_config = None
+    if cfg.lora:
+        peft_config = common.lora_config(
+            model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, train_lm_head=cfg.train_lm_head
+        )
+    elif cfg.freeze_vision:
+        common.freeze_vision(model)
+    difficulty = None
+    if cfg.difficulty_filter:
+        min_iou = cfg.difficulty_min_iou
+
+        def correct(texts: list[str], cols: dict[str, list[Any]]) -> list[bool | None]:
+            keys = ("answer", "gt_start", "gt_end", "interval_kind")
+            return [
+                final_correct(t, cols["task"][i], *(cols.get(k, [None] * len(texts))[i] for k in keys), min_iou=min_iou)
+                for i, t in enumerate(texts)
+            ]
+
+        difficulty = DifficultyFilter(correct, cfg.difficulty_low, cfg.difficulty_high)
+    return VideoGRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+        video_loader=functools.partial(common.load_video, params=params),
+        max_prompt_length=cfg.max_prompt_length,
+        difficulty=difficulty,
+        table_every=cfg.log_completions_every,
+    )
+
+
+def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dict[str, Any]:
+    """The ``grpo`` stage: RL fine-tuning of ``init_model`` (usually the SFT model) on RoCoT's train
+    split. Writes ``out_dir/checkpoints`` (resumed automatically), ``out_dir/adapter`` (LoRA only),
+    ``out_dir/merged`` (safetensors + processor, what evaluation loads) and ``out_dir/summary.json``."""
+    from datasets import Dataset
+
+    from srvau.modeling import load_model, load_processor
+    from srvau.tracking.runs import log_stage_metrics, stage_run
+    from srvau.training import common
+
+    cfg = params.grpo
+    out_dir = Path(out_dir)
+    checkpoints = out_dir / "checkpoints"
+    rows = grpo_rows(load_rocot_rows(Path(rocot_dir), "train"), cfg, params)
+    dataset = Dataset.from_list(rows)
+    log.info("GRPO on %d prompts (%s) from %s", len(rows), ", ".join(cfg.tasks), rocot_dir)
+
+    model = load_model(init_model, params.model)
+    processor = load_processor(init_model, params.model)
+    resume = common.resume_arg(checkpoints, cfg.resume)
+    t0 = time.perf_counter()
+    with stage_run(params, "grpo"):
+        trainer = build_trainer(model, processor, dataset, cfg, params, checkpoints, [common.MlflowStepCallback("grpo")])
+        sizes = common.trainable_parameters(trainer.model)
+        result = trainer.train(resume_from_checkpoint=resume)
+        wall = time.perf_counter() - t0
+        final = {**result.metrics, **sizes, "global_step": trainer.state.global_step, "wall_s": wall}
+        log_stage_metrics("grpo", {k: v for k, v in final.items() if isinstance(v, (int, float))})
+        adapter_dir = None
+        if cfg.lora:
+            adapter_dir = out_dir / "adapter"
+            trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+            processor.save_pretrained(adapter_dir)
+        merged = common.merge_and_save(trainer.model, processor, out_dir / "merged")
+    summary = {
+        "init_model": str(init_model),
+        "prompts": len(rows),
+        "global_step": final["global_step"],
+        "resumed_from": resume,
+        "train_loss": final.get("train_loss"),
+        "wall_s": round(wall, 2),
+        "adapter": str(adapter_dir) if adapter_dir else None,
+        "merged": str(merged),
+        "tables_logged": trainer.tables_logged,
+        **sizes,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("GRPO done: %s", summary)
+    return summary

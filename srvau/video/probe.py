@@ -1,0 +1,357 @@
+"""Safe inspection of untrusted video files: probing (and sampling) in a subprocess with a timeout.
+
+decord is known to hang or segfault on some broken files and FFmpeg can spin on crafted input, so
+nothing here opens a video in the calling process: :func:`probe` and :func:`probe_and_sample` run
+``python -m srvau.video.probe`` as a child, kill it after ``timeout_s`` and turn every failure into
+a :class:`ProbeError` with a short machine-readable ``reason``:
+
+    missing, not_a_file, zero_byte            (checked in the parent, no child needed)
+    unreadable        FFmpeg cannot open it as a media file (random bytes, moov atom lost to truncation)
+    no_video_stream   a valid container without video (e.g. audio only)
+    no_frames         a video stream without a single packet
+    truncated         fewer packets than the container declares, or packets past the end of file
+    undecodable       the first frame does not decode
+    decode_failed     the sampled frames could not be decoded by decord nor by PyAV
+    bad_size          the frame size cannot be resized under the policy (aspect ratio > 200)
+    timeout           the child ran past ``timeout_s`` and was killed
+    crashed           the child died (signal, e.g. a segfault in a native decoder) or gave no answer
+    error             any other exception in the child (type and message in ``detail``)
+
+The probe reads the container's packet index with PyAV (demux only, no decoding: ~20 ms per 1800
+frames) to get exact frame count, presentation timestamps and keyframes, and flags a variable frame
+rate when frame durations differ by more than 2 ticks and 2 %. The child of :func:`probe_and_sample`
+then plans the sampled frames (``srvau.video.sampling``), decodes them (``srvau.video.decode``) and
+writes the frame-cache file, so a decoder hang on a file that passed the probe is contained as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from srvau.config import VideoConfig
+
+# Not imported from srvau.config: the child should not pay ~0.1 s for pydantic on every video.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+_MARKER = "SRVAU_PROBE_RESULT "
+_HASH_CHUNK = 1 << 20
+
+
+class ProbeError(Exception):
+    """A file that cannot be used as a video; ``reason`` is one word, ``detail`` a short explanation."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class VideoInfo:
+    """What ingestion records about one video file (manifest columns)."""
+
+    sha256: str
+    size_bytes: int
+    codec: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float  # average: num_frames / duration_s (exact for constant-rate clips)
+    duration_s: float
+    vfr: bool
+    start_s: float = 0.0  # presentation time of the first frame; timestamps here are relative to it
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Timeline:
+    """The packet index of a video stream, in presentation order (from demuxing, no decoding)."""
+
+    pts: np.ndarray  # int64, ascending, stream time_base ticks
+    keyframe_pts: np.ndarray  # int64, ascending
+    time_base: Fraction
+    duration_s: float
+    declared_frames: int  # what the container header claims (0 = unknown)
+    end_byte: int  # one past the last packet's last byte (0 = unknown)
+    height: int = 0  # coded size from the stream header (0 = unknown)
+    width: int = 0
+
+    @property
+    def times(self) -> np.ndarray:
+        """Seconds since the first frame."""
+        return (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pts.size)
+
+    @property
+    def vfr(self) -> bool:
+        if self.pts.size < 3:
+            return False
+        d = np.diff(self.pts)
+        med = float(np.median(d))
+        return bool(np.any(np.abs(d - med) > max(2.0, 0.02 * med)))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Streamed sha256 of a file (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def precheck(path: str | os.PathLike) -> int:
+    """Checks that need no decoder; returns the size in bytes or raises ProbeError."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ProbeError("missing", str(p)) from None
+    except OSError as e:
+        raise ProbeError("unreadable", f"{type(e).__name__}: {e}") from None
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        raise ProbeError("not_a_file", "not a regular file (directory, pipe, device)")
+    if st.st_size == 0:
+        raise ProbeError("zero_byte", "file is empty")
+    return st.st_size
+
+
+# --- in-process part: runs inside the child ------------------------------------------------------
+
+
+def read_timeline(container: Any, stream: Any) -> Timeline:
+    """Demux every packet of ``stream`` (no decoding) and build its presentation timeline."""
+    pts: list[int] = []
+    keys: list[int] = []
+    end_byte = 0
+    last_dur = 0
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.pts is None:  # flush packets / packets without timestamps
+            continue
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            keys.append(packet.pts)
+        if packet.pos is not None and packet.pos >= 0:
+            end_byte = max(end_byte, packet.pos + packet.size)
+        last_dur = packet.duration or last_dur
+    arr = np.sort(np.asarray(pts, dtype=np.int64))
+    tb = stream.time_base or Fraction(1, 1)
+    if arr.size:
+        step = int(np.median(np.diff(arr))) if arr.size > 1 else last_dur
+        duration = float((int(arr[-1] - arr[0]) + (last_dur or step)) * tb)
+    else:
+        duration = 0.0
+    return Timeline(
+        pts=arr,
+        keyframe_pts=np.sort(np.asarray(keys, dtype=np.int64)),
+        time_base=tb,
+        duration_s=duration,
+        declared_frames=int(stream.frames or 0),
+        end_byte=end_byte,
+        height=int(stream.codec_context.height or 0),
+        width=int(stream.codec_context.width or 0),
+    )
+
+
+def _open_video(path: str) -> tuple[Any, Any]:
+    import av
+
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.error.FileNotFoundError:
+        raise ProbeError("missing", path) from None
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise ProbeError("unreadable", _short(e)) from None
+    if not container.streams.video:
+        container.close()
+        raise ProbeError("no_video_stream", f"streams: {[s.type for s in container.streams]}")
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    return container, stream
+
+
+def probe_inprocess(path: str, sha256: str | None = None) -> tuple[VideoInfo, Timeline]:
+    """Probe in *this* process. Only for the child (or for files already known to be sane)."""
+    import av
+
+    size = precheck(path)
+    container, stream = _open_video(path)
+    with container:
+        try:
+            tl = read_timeline(container, stream)
+        except av.error.FFmpegError as e:
+            raise ProbeError("unreadable", f"demux: {_short(e)}") from None
+        if tl.num_frames == 0:
+            raise ProbeError("no_frames", "video stream has no packets")
+        if tl.declared_frames and tl.num_frames < tl.declared_frames:
+            raise ProbeError("truncated", f"{tl.num_frames} of {tl.declared_frames} declared frames present")
+        if tl.end_byte > size:
+            raise ProbeError("truncated", f"packets extend to byte {tl.end_byte}, file has {size}")
+        try:
+            container.seek(int(tl.keyframe_pts[0] if tl.keyframe_pts.size else tl.pts[0]), stream=stream)
+            first = next(iter(container.decode(stream)))
+        except (av.error.FFmpegError, StopIteration) as e:
+            raise ProbeError("undecodable", f"first frame: {_short(e) or 'no frame'}") from None
+        codec = stream.codec_context.name
+        width, height = first.width, first.height
+    duration = tl.duration_s
+    info = VideoInfo(
+        sha256=sha256 or sha256_file(path),
+        size_bytes=size,
+        codec=codec,
+        width=int(width),
+        height=int(height),
+        num_frames=tl.num_frames,
+        fps=tl.num_frames / duration if duration > 0 else 0.0,
+        duration_s=duration,
+        vfr=tl.vfr,
+        start_s=float(tl.pts[0] * tl.time_base),
+    )
+    return info, tl
+
+
+def sample_inprocess(
+    path: str, policy: "VideoConfig | SimpleNamespace", out_path: str, sha256: str | None = None
+) -> dict[str, Any]:
+    """Probe, plan, decode and cache one video in *this* process (the child's job)."""
+    from srvau.video.cache import save_frames
+    from srvau.video.decode import DecodeError, decode_frames
+    from srvau.video.sampling import plan_sampling
+
+    info, tl = probe_inprocess(path, sha256)
+    try:
+        plan = plan_sampling(tl.times, info.duration_s, info.height, info.width, policy)
+    except ValueError as e:
+        raise ProbeError("bad_size", str(e)) from None
+    try:
+        clip = decode_frames(path, plan.indices, plan.size, backend=policy.decoder, timeline=tl)
+    except DecodeError as e:
+        raise ProbeError("decode_failed", str(e)) from None
+    save_frames(out_path, clip, info=info, fingerprint=plan.fingerprint)
+    return {"info": info.to_dict(), "frames": int(clip.frames.shape[0]), "backend": clip.backend,
+            "height": plan.height, "width": plan.width, "fallback_reason": clip.fallback_reason}
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:limit]
+
+
+# --- parent side ---------------------------------------------------------------------------------
+
+
+def _run_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "srvau.video.probe", json.dumps(request)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ProbeError("timeout", f"no answer within {timeout_s:g} s; child killed") from None
+    answer = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(_MARKER):
+            answer = json.loads(line[len(_MARKER):])
+    if answer is None:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[:300]
+        if proc.returncode < 0:
+            raise ProbeError("crashed", f"killed by signal {-proc.returncode}; {tail}")
+        raise ProbeError("crashed", f"exit code {proc.returncode} without a result; {tail}")
+    if not answer["ok"]:
+        raise ProbeError(answer["reason"], answer.get("detail", ""))
+    return answer
+
+
+def probe(path: str | os.PathLike, timeout_s: float = 30.0) -> VideoInfo:
+    """Probe ``path`` in a subprocess; :class:`VideoInfo` or :class:`ProbeError`."""
+    path = str(path)
+    precheck(path)
+    answer = _run_child({"op": "probe", "path": path}, timeout_s)
+    return VideoInfo(**answer["info"])
+
+
+@dataclass
+class SampleResult:
+    info: VideoInfo
+    frames: int
+    backend: str
+    height: int
+    width: int
+    fallback_reason: str | None = None
+
+
+def probe_and_sample(
+    path: str | os.PathLike,
+    policy: VideoConfig,
+    out_path: str | os.PathLike,
+    timeout_s: float | None = None,
+    sha256: str | None = None,
+) -> SampleResult:
+    """Probe, sample and write the frame-cache file ``out_path``, all in one killable subprocess.
+
+    The child writes a temporary file next to ``out_path``; it is renamed only on success, so a
+    killed or failed child never leaves a half-written cache entry behind.
+    """
+    path, out_path = str(path), Path(out_path)
+    precheck(path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    request = {"op": "sample", "path": path, "out": str(tmp), "sha256": sha256,
+               "policy": policy.model_dump(mode="json")}
+    try:
+        answer = _run_child(request, policy.probe_timeout_s if timeout_s is None else timeout_s)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return SampleResult(
+        info=VideoInfo(**answer["info"]), frames=answer["frames"], backend=answer["backend"],
+        height=answer["height"], width=answer["width"], fallback_reason=answer.get("fallback_reason"),
+    )
+
+
+def _child_main(argv: list[str]) -> int:
+    import av
+
+    av.logging.set_level(av.logging.PANIC)  # the parent reports reasons; FFmpeg chatter is noise
+    request = json.loads(argv[0])
+    try:
+        if request["op"] == "probe":
+            info, _ = probe_inprocess(request["path"])
+            answer: dict[str, Any] = {"ok": True, "info": info.to_dict()}
+        elif request["op"] == "sample":
+            policy = SimpleNamespace(**request["policy"])  # validated by the parent (a VideoConfig dump)
+            answer = {"ok": True, **sample_inprocess(request["path"], policy, request["out"], request.get("sha256"))}
+        else:
+            answer = {"ok": False, "reason": "crashed", "detail": f"unknown op {request['op']!r}"}
+    except ProbeError as e:
+        answer = {"ok": False, "reason": e.reason, "detail": e.detail}
+    except Exception as e:  # anything else (a library failing on hostile bytes, or a bug): keep the type
+        answer = {"ok": False, "reason": "error", "detail": f"{type(e).__name__}: {_short(e)}"}
+    sys.stdout.write(_MARKER + json.dumps(answer) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main(sys.argv[1:]))

@@ -1,0 +1,61 @@
+"""Shared fixtures: a small synthetic demo set and a tiny Qwen2.5-VL built from it, once per session.
+
+Tests never write into the project's own MLflow store or Prefect home: both point into a temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="srvau-tests-"))
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_TMP / 'mlflow.db'}")
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_VAU_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "vau-bench"
+
+# Small but real: every split present, every default class drawn at least once in train.
+SMALL_SYNTH = {
+    "synth.n_train": 12,
+    "synth.n_val": 3,
+    "synth.n_test": 6,
+}
+
+
+@pytest.fixture(scope="session")
+def params():
+    from srvau.config import load_params
+
+    return load_params(overrides=SMALL_SYNTH)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory, params) -> Path:
+    """A synthetic VAU-Bench-format demo set: videos/*.mp4 and train/val/test.csv."""
+    from srvau.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("demo")
+    synthesize(out, params.synth, params.seed)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, params, demo_dir) -> Path:
+    """A tiny random Qwen2.5-VL (tokenizer trained on the demo texts), saved like a Hub checkpoint."""
+    from srvau.modeling.tiny import build_tiny
+
+    out = tmp_path_factory.mktemp("tiny-base")
+    return build_tiny(out, params, sorted(demo_dir.glob("*.csv")))
+
+
+@pytest.fixture(scope="session")
+def vau_bench_dir() -> Path:
+    if not SHARED_VAU_BENCH.exists():
+        pytest.skip(f"real VAU-Bench CSVs not found at {SHARED_VAU_BENCH}")
+    return SHARED_VAU_BENCH
