@@ -106,6 +106,53 @@ def model_build_tiny(
     typer.echo(str(out))
 
 
+registry_app = typer.Typer(help="The MLflow model registry: promotion between aliases.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@app.command("register")
+def register_cmd(
+    ctx: typer.Context,
+    checkpoint: Optional[Path] = typer.Option(None, help="merged safetensors checkpoint (default: <grpo.output_dir>/merged)"),
+    metrics: Optional[Path] = typer.Option(None, help="evaluation metrics.json (default: <paths.reports>/eval/metrics.json)"),
+    out: Optional[Path] = typer.Option(None, help="where to write the registration record (default: <paths.reports>/registry.json)"),
+) -> None:
+    """Register the trained model in the MLflow registry (@challenger; @champion if it is at least as good)."""
+    from srvau.tracking.registry import register
+    from srvau.tracking.runs import stage_run
+
+    p = get_params(ctx)
+    checkpoint = checkpoint or p.resolve(p.grpo.output_dir) / "merged"
+    metrics = metrics or p.resolve(p.paths.reports) / "eval" / "metrics.json"
+    out = out or p.resolve(p.paths.reports) / "registry.json"
+    with stage_run(p, "register"):
+        try:
+            result = register(checkpoint, metrics, p, out)
+        except FileNotFoundError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(json.dumps(result))
+
+
+@registry_app.command("promote")
+def registry_promote(
+    ctx: typer.Context,
+    version: Optional[str] = typer.Option(None, help="model version (default: the @challenger)"),
+    alias: str = typer.Option("champion", help="alias to move"),
+    metric: Optional[str] = typer.Option(None, help="gate metric (default: register.gate_metric)"),
+    force: bool = typer.Option(False, "--force", help="promote even if the gate metric is worse"),
+) -> None:
+    """Move an alias (default @champion) to a model version, gated on a metric."""
+    from srvau.tracking.registry import promote
+
+    p = get_params(ctx)
+    try:
+        typer.echo(json.dumps(promote(p, version=version, alias=alias, metric=metric, force=force)))
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _register_stage_commands() -> None:
     """Commands defined next to their stage code (each module keeps heavy imports inside functions)."""
     from srvau.data.cli import import_vau_bench

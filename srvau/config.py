@@ -287,7 +287,10 @@ class EvaluateConfig(Section):
 
 
 class RegisterConfig(Section):
+    model_label: str = "grpo"
     alias: str = "challenger"
+    gate_metric: str = "qa.reflect.accuracy"
+    auto_promote: bool = True
 
 
 class Params(Section):

@@ -59,3 +59,14 @@ def vau_bench_dir() -> Path:
     if not SHARED_VAU_BENCH.exists():
         pytest.skip(f"real VAU-Bench CSVs not found at {SHARED_VAU_BENCH}")
     return SHARED_VAU_BENCH
+
+
+@pytest.fixture(scope="session")
+def ingest_dir(tmp_path_factory, params, demo_dir) -> Path:
+    """The demo set through the real ingest stage: manifest.parquet + frame cache."""
+    from srvau.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("ingest")
+    result = ingest(sorted(demo_dir.glob("*.csv")), demo_dir / "videos", out, params)
+    assert not result.failed, result.failure
+    return out
