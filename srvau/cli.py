@@ -36,7 +36,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("urllib3", "filelock", "httpx", "alembic", "matplotlib"):
+    for noisy in ("urllib3", "filelock", "httpx", "alembic", "matplotlib", "great_expectations", "mlflow.store.db"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -155,11 +155,24 @@ def registry_promote(
 
 def _register_stage_commands() -> None:
     """Commands defined next to their stage code (each module keeps heavy imports inside functions)."""
+    from srvau.cot.cli import cot_cmd
     from srvau.data.cli import import_vau_bench
+    from srvau.data.ingest_cli import ingest_cmd
     from srvau.evaluation.cli import eval_predictions
+    from srvau.evaluation.eval_cli import evaluate_cmd
+    from srvau.training.cli import sft_cmd
+    from srvau.training.grpo_cli import grpo_cmd
+    from srvau.validation.cli import validate_cmd
 
     data_app.command("import-vau-bench")(import_vau_bench)
     eval_app.command("predictions")(eval_predictions)
+    # `--annotations a.csv b.csv`: the extra values arrive as context args
+    app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(ingest_cmd)
+    app.command("cot")(cot_cmd)
+    app.command("validate")(validate_cmd)
+    app.command("sft")(sft_cmd)
+    app.command("grpo")(grpo_cmd)
+    app.command("evaluate")(evaluate_cmd)
 
 
 _register_stage_commands()

@@ -175,13 +175,13 @@ class ValidateConfig(Section):
 
 class SftConfig(Section):
     output_dir: str = "models/sft"
-    lora: bool = True
+    lora: bool = False
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_lm_head: bool = True
-    max_steps: int = Field(200, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    max_steps: int = Field(300, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = Field(0.05, ge=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -192,7 +192,7 @@ class SftConfig(Section):
     gradient_checkpointing: bool = False
     bf16: bool = False
     logging_steps: int = Field(10, ge=1)
-    save_steps: int = Field(50, ge=1)
+    save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     resume: bool = True
     dataloader_num_workers: int = Field(0, ge=0)

@@ -131,6 +131,9 @@ def test_reflective_accuracy_right_to_wrong_is_a_parameter():
         ("<think>x</think><answer>C</answer>", 0.0),  # only one answer, wrong
         ("<think>x</think> I think it is B", 0.0),  # no answer block at all
         ("", 0.0),
+        # an unclosed final answer block is not an answer: only the first one counts
+        ("<think>x</think><answer>B</answer><reflection>r</reflection><think>y</think><answer>C", 0.5),
+        ("<think>x</think><answer>C</answer><reflection>r</reflection><think>y</think><answer>B", 0.0),
     ],
 )
 def test_reflective_accuracy_single_answer(text, expected):

@@ -95,3 +95,9 @@ def test_rejects_a_class_it_cannot_draw(tmp_path):
     p = load_params(overrides={"synth.classes": ["Fire", "Firee"]})
     with pytest.raises(ValueError, match="not a VAU-Bench class"):
         synthesize(tmp_path, p.synth, 0)
+
+
+def test_no_two_videos_are_identical(demo_dir):
+    """Identical clips (e.g. two normal videos) would share a sha256 across splits: a leak."""
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (demo_dir / "videos").glob("*.mp4")]
+    assert len(digests) == len(set(digests))

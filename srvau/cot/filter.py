@@ -31,7 +31,6 @@ from typing import Any, Iterable, Mapping
 
 from srvau.config import CotConfig
 from srvau.cot import format as fmt
-from srvau.data.classes import canonical_class
 from srvau.training.rewards import answer_correct, gt_interval, interval_score
 
 DROP_REASONS: tuple[str, ...] = ("malformed", "answer_mismatch", "final_wrong", "reflection_copies_answer")
@@ -168,16 +167,23 @@ def pass_blocks(trace: fmt.Trace, style: str, which: str) -> tuple[str | None, s
     return trace.first_answer, trace.first_glue
 
 
+def well_formed(trace: fmt.Trace, style: str, task: str) -> bool:
+    """The structure of ``style`` (reflect: three parts; think: one pass), every block non-empty;
+    grounding: a parseable ``<glue>[s, e]`` in every pass. The gate's well-formed share uses this too."""
+    if not (trace.reflective if style == "reflect" else trace.single_pass):
+        return False
+    if task == "grounding":
+        glues = [c for n, c in trace.blocks if n == "glue"]
+        return len(glues) == (2 if style == "reflect" else 1) and all(fmt.parse_interval_strict(g) is not None for g in glues)
+    return True
+
+
 def drop_reason(row: Mapping[str, Any], cfg: CotConfig) -> str | None:
     """Why ``row`` must not be kept (one of ``DROP_REASONS``), or None to keep it."""
     task, style = str(row["task"]), str(row.get("style", "reflect"))
     trace = fmt.parse_trace(str(row.get("completion") or ""))
-    if not (trace.reflective if style == "reflect" else trace.single_pass):
+    if not well_formed(trace, style, task):
         return "malformed"
-    if task == "grounding":
-        glues = [c for n, c in trace.blocks if n == "glue"]
-        if len(glues) != (2 if style == "reflect" else 1) or any(fmt.parse_interval_strict(g) is None for g in glues):
-            return "malformed"
     truth = Truth.from_row(row)
     first_answer, first_glue = pass_blocks(trace, style, "first")
     final_answer, final_glue = pass_blocks(trace, style, "final")
@@ -220,12 +226,3 @@ def quality_filter(rows: Iterable[Mapping[str, Any]], cfg: CotConfig) -> FilterR
             res.dropped[reason] += 1
             res.examples.setdefault(reason, str(row.get("sample_id")))
     return res
-
-
-def canonical_answer(task: str, value: Any) -> str:
-    """Ground truth as the ``answer`` column holds it (letter, canonical class, label, text)."""
-    if task == "qa":
-        return str(value).strip().upper()[:1]
-    if task == "classification":
-        return canonical_class(str(value)) or str(value)
-    return str(value)

@@ -28,7 +28,6 @@ valid row remains, or with ``strict`` when anything was quarantined.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections import Counter
@@ -41,6 +40,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from srvau.config import Params
+from srvau.data.cli import write_jsonl, write_parquet
 from srvau.data.vau_bench import ANNOTATION_COLUMNS, VauBenchFormatError, read_vau_bench
 from srvau.video.cache import cache_filename, is_fresh, read_header
 from srvau.video.probe import ProbeError, VideoInfo, precheck, probe_and_sample, sha256_file
@@ -180,7 +180,10 @@ def _drop_cross_file_duplicates(rows: pd.DataFrame, quarantine: list[dict]) -> p
 def _process_video(real: Path, rel: str, out_dir: Path, params: Params, fingerprint: str) -> VideoRecord:
     """Probe + sample + cache one video, or reuse its fresh cache entry. Raises ProbeError."""
     precheck(real)  # zero_byte / not_a_file before hashing
-    sha = sha256_file(real)
+    try:
+        sha = sha256_file(real)
+    except OSError as e:  # permissions, I/O errors: this file is unusable, the run goes on
+        raise ProbeError("unreadable", f"{type(e).__name__}: {e}") from None
     frames_rel = f"{FRAMES_DIR}/{cache_filename(rel)}"
     cache_path = out_dir / frames_rel
     if is_fresh(cache_path, sha, fingerprint):
@@ -257,9 +260,11 @@ def ingest(
         kept.append({**row.to_dict(), **_video_columns(rel, rec, fingerprint)})
 
     manifest = pd.DataFrame(kept, columns=list(MANIFEST_COLUMNS))
+    order = {str(a): i for i, a in enumerate(annotations)}
+    quarantine.sort(key=lambda q: (order.get(q["source"], len(order)), q["line"] or 0))  # input order
     manifest_path, quarantine_path = out_dir / MANIFEST, out_dir / QUARANTINE
-    _write_parquet(manifest, manifest_path)
-    _write_jsonl(quarantine, quarantine_path)
+    write_parquet(manifest, manifest_path)
+    write_jsonl(quarantine, quarantine_path)
     _prune_cache(out_dir, set(manifest["frames_path"]))
 
     reasons = dict(sorted(Counter(q["why"] for q in quarantine).items()))
@@ -291,20 +296,6 @@ def _video_columns(rel: str, rec: VideoRecord, fingerprint: str) -> dict[str, An
         "frames_path": rec.frames_path, "sampled_frames": rec.sampled_frames, "frame_height": rec.frame_height,
         "frame_width": rec.frame_width, "decoder": rec.decoder, "policy_fingerprint": fingerprint,
     }
-
-
-def _write_parquet(df: pd.DataFrame, out: Path) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(out)
-
-
-def _write_jsonl(records: list[dict[str, Any]], out: Path) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-    tmp.replace(out)
 
 
 def _prune_cache(out_dir: Path, keep: set[str]) -> None:

@@ -110,6 +110,8 @@ class Clip:
     cls: str
     start_s: float
     end_s: float
+    ped_y: float = 0.35  # pedestrian's row (fraction of height): varies so no two clips are identical
+    ped_speed: float = 1.0  # share of the width walked during the clip
 
 
 def _disc(img: np.ndarray, cy: float, cx: float, r: float, color) -> None:
@@ -131,8 +133,9 @@ def render_frame(clip: Clip, t: float, h: int, w: int, rng: np.random.Generator,
     img = np.empty((h, w, 3), np.uint8)
     img[:] = BACKGROUND
     _rect(img, 0.55 * h, 0, 0.6 * h, w, (110, 110, 110))  # road marking: part of every scene
-    px = (t / duration) * (w - 0.1 * w)
-    _rect(img, 0.35 * h, px, 0.45 * h, px + 0.08 * w, PEDESTRIAN)
+    px = (t / duration) * clip.ped_speed * (w - 0.1 * w)
+    py = clip.ped_y * h
+    _rect(img, py, px, py + 0.1 * h, px + 0.08 * w, PEDESTRIAN)
     if clip.cls == NORMAL or not clip.start_s <= t < clip.end_s:
         return img
     u = (t - clip.start_s) / max(clip.end_s - clip.start_s, 1e-6)  # progress through the event
@@ -154,7 +157,7 @@ def render_frame(clip: Clip, t: float, h: int, w: int, rng: np.random.Generator,
     elif clip.cls == "Water_incident":
         _rect(img, (1 - (0.2 + 0.4 * u)) * h, 0, h, w, st.color)
     elif clip.cls == "Robbery":
-        _rect(img, 0.33 * h, px - 0.12 * w + 0.1 * w * u, 0.47 * h, px - 0.02 * w + 0.1 * w * u, st.color)
+        _rect(img, py - 0.02 * h, px - 0.12 * w + 0.1 * w * u, py + 0.12 * h, px - 0.02 * w + 0.1 * w * u, st.color)
     return img
 
 
@@ -254,7 +257,8 @@ def plan_clips(cfg: SynthConfig, seed: int) -> list[Clip]:
                 start = rng.uniform(0.5, max(0.5, cfg.duration_s - length - 0.5))
                 start = round(start, 1)
                 end = round(min(cfg.duration_s - 0.1, start + length), 1)
-            clips.append(Clip(f"{PREFIX}{n:04d}.mp4", split, cls, start, end))
+            ped_y, ped_speed = round(rng.uniform(0.2, 0.4), 3), round(rng.uniform(0.5, 1.0), 3)
+            clips.append(Clip(f"{PREFIX}{n:04d}.mp4", split, cls, start, end, ped_y, ped_speed))
     return clips
 
 

@@ -136,14 +136,20 @@ def ground_truth(task: str, row: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _vision_tokens(row: dict[str, Any], video_cfg) -> int:
-    """Estimated vision tokens of a row's video under the sampling policy (for length sorting only)."""
+    """Estimated vision tokens of a row's clip (for length sorting only): from the manifest's sampled
+    frame count and size when present, else from the sampling policy."""
     from srvau.video.sampling import MIN_FRAME_PIXELS, num_sampled_frames, resize_target
 
     try:
-        n = num_sampled_frames(float(row["duration_s"]), video_cfg)
-        h, w = resize_target(int(row["height"]), int(row["width"]), n, video_cfg)
+        n, h, w = int(row["sampled_frames"]), int(row["frame_height"]), int(row["frame_width"])
     except (KeyError, TypeError, ValueError):
-        return 0
+        if video_cfg is None:
+            return 0
+        try:
+            n = num_sampled_frames(float(row["duration_s"]), video_cfg)
+            h, w = resize_target(int(row["height"]), int(row["width"]), n, video_cfg)
+        except (KeyError, TypeError, ValueError):
+            return 0
     # Qwen2.5-VL: one token per 2 frames x 28 x 28 pixels (patch 14, temporal patch 2, merge 2x2).
     return (n + n % 2) // 2 * (h * w) // MIN_FRAME_PIXELS
 
@@ -193,7 +199,7 @@ def build_samples(
             no_frames.append(str(row["video_id"]))
             continue
         frames_path = Path(fp) if Path(fp).is_absolute() else Path(manifest_dir) / fp
-        vt = _vision_tokens(row, video_cfg) if video_cfg is not None else 0
+        vt = _vision_tokens(row, video_cfg)
         for task in tasks:
             truth = ground_truth(task, row)
             if truth is None:

@@ -27,7 +27,6 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "description": (),
 }
 REFLECTION_METRICS = ("wrong_to_right", "right_to_wrong", "right_to_right", "wrong_to_wrong", "miou_first", "miou_final", "iou_change")
-LOWER_IS_BETTER = {"right_to_wrong", "wrong_to_wrong"}
 NO_CLASS = "(none)"
 
 
@@ -98,8 +97,8 @@ def fig_confusion(records_by_model: dict[str, list[dict]], style: str, path: Pat
     n = len(pairs)
     plt = _plt()
     size = 1.2 + 0.42 * len(axis)
-    fig, axes = plt.subplots(1, n, figsize=(size * n + 1.0, 0.42 * len(rows) + 2.6), squeeze=False)
-    for ax, (m, ps) in zip(axes[0], pairs.items()):
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 1.5, 0.42 * len(rows) + 2.6), squeeze=False, sharey=True)
+    for k, (ax, (m, ps)) in enumerate(zip(axes[0], pairs.items())):
         mat = np.zeros((len(rows), len(axis)), dtype=int)
         for a, p in ps:
             mat[rows.index(a), axis.index(p)] += 1
@@ -113,8 +112,10 @@ def fig_confusion(records_by_model: dict[str, list[dict]], style: str, path: Pat
         acc = sum(a == p for a, p in ps) / len(ps) * 100 if ps else 0
         ax.set_title(f"{m}: 20-way acc {acc:.1f}%", fontsize=10)
         ax.set_xlabel("predicted")
-        ax.set_ylabel("ground truth")
+        if k == 0:
+            ax.set_ylabel("ground truth")
     fig.suptitle(f"Classification confusion ({style} prompts)", fontsize=11)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -179,15 +180,19 @@ def fig_per_class(records_by_model: dict[str, list[dict]], style: str, path: Pat
     y = np.arange(len(classes))
     for i, m in enumerate(models):
         d = per.get(m, {})
-        acc = [sum(d[c]) / len(d[c]) * 100 if d.get(c) else 0 for c in classes]
-        ax.barh(y + i * height, acc, height=height, label=m)
+        acc = [sum(d[c]) / len(d[c]) * 100 if d.get(c) else None for c in classes]
+        bars = ax.barh(y + i * height, [a or 0 for a in acc], height=height, label=m)
+        for bar, a in zip(bars, acc):  # a value label, so a 0% bar is still visible
+            ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2, "n/a" if a is None else f"{a:.0f}%",
+                    va="center", fontsize=7)
     n = {c: max(len(d.get(c, [])) for d in per.values()) for c in classes}
     ax.set_yticks(y + height * (len(models) - 1) / 2, [f"{c.replace('_', ' ')} (n={n[c]})" for c in classes], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 100)
+    ax.set_xlim(0, 110)
+    ax.set_xticks(range(0, 101, 20))
     ax.set_xlabel("20-way accuracy (%)")
     ax.set_title(f"Per-class classification accuracy ({style} prompts)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
@@ -203,9 +208,9 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _row(label_cells: list[str], values: list[Any], lower_better: bool = False) -> str:
+def _row(label_cells: list[str], values: list[Any], lower_better: bool = False, compare: bool = True) -> str:
     nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    best = (min(nums) if lower_better else max(nums)) if len(nums) > 1 and len(set(nums)) > 1 else None
+    best = (min(nums) if lower_better else max(nums)) if compare and len(nums) > 1 and len(set(nums)) > 1 else None
     cells = "".join(f"<td>{html.escape(c)}</td>" for c in label_cells)
     for v in values:
         s = _fmt(v)
@@ -229,7 +234,7 @@ def metric_table(results: dict[str, Any]) -> str:
             if not any(cells):
                 continue
             for key in (*keys, "well_formed", "n"):
-                out.append(_row([task, style, key], [(c or {}).get(key) for c in cells]))
+                out.append(_row([task, style, key], [(c or {}).get(key) for c in cells], compare=key != "n"))
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -248,7 +253,8 @@ def reflection_table(results: dict[str, Any]) -> str:
             vals = [(c or {}).get(key) for c in cells]
             if all(v is None for v in vals):
                 continue
-            out.append(_row([task, key], vals, lower_better=key in LOWER_IS_BETTER))
+            # No "best" marking: a model right at its first answer cannot go wrong -> right.
+            out.append(_row([task, "reflective (count)" if key == "reflective" else key], vals, compare=False))
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -267,7 +273,7 @@ def judge_table(results: dict[str, Any]) -> str:
     for s in styles:
         for key in (*DIMENSIONS, "total", "n", "n_invalid"):
             vals = [results[m]["vau_eval"].get("styles", {}).get(s, {}).get(key) for m in models]
-            out.append(_row([s, key], vals, lower_better=key == "n_invalid"))
+            out.append(_row([s, key], vals, lower_better=key == "n_invalid", compare=key != "n"))
     out.append("</tbody></table>")
     return "\n".join(out)
 

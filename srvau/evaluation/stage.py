@@ -34,6 +34,8 @@ from srvau.data.classes import CLASSES
 from srvau.evaluation import metrics as M
 from srvau.evaluation.inference import (
     METRIC_TASK,
+    STYLES,
+    TASKS,
     GenerationSettings,
     ManifestError,
     build_samples,
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 STAGE = "evaluate"
 IOU_BINS = [round(i / 10, 1) for i in range(11)]  # 0.0, 0.1, ... 1.0
 NO_CLASS = "(none)"
+_NOT_METRICS = {"judge_temperature"}  # a setting (an MLflow tag), not a result
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -79,6 +82,15 @@ def available_models(models: dict[str, str], params: Params) -> dict[str, str]:
     return out
 
 
+def _release_accelerator_memory() -> None:
+    """Free the previous model's GPU memory before the next one loads (a full gc costs ~1 s: GPU only)."""
+    import torch
+
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def _device_map() -> str | None:
     import torch
 
@@ -102,6 +114,10 @@ def _gts(task: str, recs: list[dict[str, Any]]) -> list[Any]:
     return [r["truth"]["answer"] for r in recs]
 
 
+def _rank(order: tuple[str, ...], x: str) -> tuple[int, str]:
+    return (order.index(x) if x in order else len(order), x)
+
+
 def compute_metrics(records: list[dict[str, Any]], iou_right: float = 0.5) -> dict[str, Any]:
     """model metrics: ``{task: {style: {...}}, "reflection": {task: {...}}}`` from prediction records."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -109,7 +125,7 @@ def compute_metrics(records: list[dict[str, Any]], iou_right: float = 0.5) -> di
         groups.setdefault((r["task"], r["style"]), []).append(r)
     out: dict[str, Any] = {}
     reflection: dict[str, Any] = {}
-    for (task, style), recs in sorted(groups.items()):
+    for (task, style), recs in sorted(groups.items(), key=lambda kv: (_rank(TASKS, kv[0][0]), _rank(STYLES, kv[0][1]))):
         texts = [r["output"] for r in recs]
         if task in METRIC_TASK:
             m = M.task_metrics(METRIC_TASK[task], texts, _gts(task, recs))
@@ -269,7 +285,7 @@ def evaluate(
             pred_path = out_dir / "predictions" / f"{label}.jsonl"
             records, stats = run_inference(model, processor, samples, settings, cfg.batch_size, label, pred_path)
             del model
-            gc.collect()
+            _release_accelerator_memory()
             m = compute_metrics(records, cfg.iou_right)
             if cfg.judge.enabled:
                 m["vau_eval"] = judge_records(records, cfg.judge, out_dir / "judge" / f"{label}.jsonl", client=judge_client)
@@ -280,6 +296,8 @@ def evaluate(
             log_stage_metrics(STAGE, {label: _numeric(m)})
 
         metrics_path = _write_json(out_dir / "metrics.json", results)
+        # Always written, so the judge folder is a stable DVC output and its settings are on record.
+        _write_json(out_dir / "judge" / "settings.json", {"enabled": cfg.judge.enabled, **cfg.judge.model_dump(exclude={"enabled", "api_key_env"})})
         _write_json(out_dir / "inference.json", inference)
         write_plot_data(records_by_model, out_dir / "plots", cfg.primary_style, cfg.iou_right)
         info = {
@@ -315,6 +333,6 @@ def _numeric(d: dict[str, Any]) -> dict[str, Any]:
             sub = _numeric(v)
             if sub:
                 out[key] = sub
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_METRICS:
             out[key] = v
     return out

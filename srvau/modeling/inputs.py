@@ -34,7 +34,8 @@ def video_metadata(meta: dict[str, Any], num_frames: int) -> dict[str, Any]:
         "total_num_frames": int(meta.get("total_num_frames") or num_frames),
         "fps": float(meta["fps"]) if meta.get("fps") else None,
         "frames_indices": [int(i) for i in meta.get("frames_indices", range(num_frames))],
-        "duration": float(meta["duration_s"]) if meta.get("duration_s") else None,
+        # the frame cache says "duration" (VideoMetadata's name); older callers said "duration_s"
+        "duration": float(d) if (d := meta.get("duration", meta.get("duration_s"))) else None,
     }
 
 

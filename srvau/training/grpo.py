@@ -3,8 +3,8 @@
 Why a subclass. TRL's ``GRPOTrainer`` feeds images to the model but not videos: with a video in the
 prompt it runs without error, yet the log-prob forwards of the policy, the old policy and the
 reference model see only the text (wrong log-probs, wrong KL; measured in STACK.md). Video GRPO is an
-open upstream request (trl#4144, trl#5373). :class:`VideoGRPOTrainer` overrides five methods and
-copies none of TRL's logic:
+open upstream request (trl#4144, trl#5373). :class:`VideoGRPOTrainer` overrides six methods, each
+around a call to TRL's own, and copies none of TRL's logic:
 
 ``_tokenize_prompts``
     A dataset column ``video`` (a frame-cache reference, decoded lazily by ``video_loader``) is put
@@ -42,10 +42,13 @@ Departures, and why:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,7 @@ from trl.data_utils import prepare_multimodal_messages  # noqa: E402
 from srvau.config import GrpoConfig, Params  # noqa: E402
 from srvau.modeling.inputs import processor_inputs  # noqa: E402
 from srvau.modeling.loading import vision_token_ids  # noqa: E402
+from srvau.training.rewards import completion_text, difficulty_keep, final_correct, get_reward_funcs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +75,10 @@ VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 VIDEO_COLUMN = "video"
 # Qwen2.5-VL's mm_token_type_ids values (processing_qwen2_5_vl): text 0, image 1, video 2.
 MM_IMAGE, MM_VIDEO = 1, 2
-GRPO_TASKS = ("qa", "grounding", "classification")
 # RoCoT columns that describe the *teacher's* trace; a reward must never read them as the policy's.
 TEACHER_COLUMNS = ("completion", "first_answer", "final_answer", "first_correct", "teacher")
+# Settings that do not change what the checkpoints contain: free to change between a kill and a resume.
+NOT_FINGERPRINTED = {"output_dir", "resume", "save_steps", "save_total_limit", "log_completions_every"}
 
 VideoLoader = Callable[[str], tuple[np.ndarray, dict[str, Any]]]
 CorrectFn = Callable[[list[str], dict[str, list[Any]]], list[bool | None]]
@@ -120,24 +125,18 @@ def split_video_batch(enc: Any, n: int) -> dict[str, list[torch.Tensor]]:
     if grids.shape[0] != n:
         raise ValueError(f"expected one video per prompt, got {grids.shape[0]} videos for {n} prompts")
     rows = grids.prod(-1).tolist()
-    pixels = list(torch.split(enc["pixel_values_videos"], rows, dim=0))
-    seconds = enc.get("second_per_grid_ts")
-    seconds = torch.as_tensor(seconds if seconds is not None else [1.0] * n, dtype=torch.float32)
-    return {
-        "pixel_values_videos": pixels,
+    out = {
+        "pixel_values_videos": list(torch.split(enc["pixel_values_videos"], rows, dim=0)),
         "video_grid_thw": [grids[i : i + 1] for i in range(n)],
-        "second_per_grid_ts": [seconds[i : i + 1] for i in range(n)],
     }
+    if enc.get("second_per_grid_ts") is not None:  # Qwen2.5-VL: seconds per temporal patch
+        seconds = torch.as_tensor(enc["second_per_grid_ts"], dtype=torch.float32)
+        out["second_per_grid_ts"] = [seconds[i : i + 1] for i in range(n)]
+    return out
 
 
 def concat_video(video: dict[str, list[torch.Tensor]], start: int, end: int) -> dict[str, torch.Tensor]:
     return {k: torch.cat(v[start:end], dim=0) for k, v in video.items()}
-
-
-def completion_text(c: Any) -> str:
-    if isinstance(c, list):
-        return "".join(m.get("content") or "" for m in c if isinstance(m, dict))
-    return str(c)
 
 
 def user_text(messages: Any) -> str:
@@ -239,14 +238,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         ]
         # A generation batch repeats each prompt num_generations times: decode and process each once.
         keys = [(t, r[0]) for t, r in zip(texts, refs)]
-        unique = list(dict.fromkeys(keys))
-        clips = [self.video_loader(ref) for _, ref in unique]
+        slot = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        clips = [self.video_loader(ref) for _, ref in slot]
         enc = processor_inputs(
-            self.processing_class, [t for t, _ in unique], [c[0] for c in clips], [c[1] for c in clips], padding_side="left"
+            self.processing_class, [t for t, _ in slot], [c[0] for c in clips], [c[1] for c in clips], padding_side="left"
         )
-        per_unique = split_video_batch(enc, len(unique))
+        per_unique = split_video_batch(enc, len(slot))
         ids_unique = [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
-        index = [unique.index(k) for k in keys]
+        index = [slot[k] for k in keys]
         prompt_ids = [ids_unique[i] for i in index]
         self._check_prompt_lengths(prompt_ids, [ref for _, ref in keys])
         device = self.accelerator.device
@@ -318,8 +317,6 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         if self.difficulty is not None:
-            from srvau.training.rewards import difficulty_keep
-
             columns = {k: [x.get(k) for x in inputs] for k in inputs[0] if k != "prompt"}
             correct = gather_object(self.difficulty.correct([completion_text(c) for c in completions], columns))
             mode = "train" if self.model.training else "eval"
@@ -410,19 +407,6 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
     return list(out.values())
 
 
-def load_rocot_rows(rocot_dir: Path, split: str = "train") -> list[dict[str, Any]]:
-    try:
-        from srvau.cot.dataset import load_rocot
-    except ImportError:  # until the RoCoT module lands: read the parquet that is its contract
-        import pandas as pd
-
-        path = Path(rocot_dir) / f"{split}.parquet"
-        if not path.exists():
-            raise FileNotFoundError(f"RoCoT split {path} does not exist; run `srvau rocot` first") from None
-        return pd.read_parquet(path).to_dict("records")
-    return [dict(r) for r in load_rocot(Path(rocot_dir), split)]
-
-
 def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path) -> GRPOConfig:
     """TRL's config from ours. Generation options (vLLM, temperature, lengths) pass straight through."""
     bf16 = params.model.torch_dtype == "bfloat16"
@@ -434,7 +418,7 @@ def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path) -> GRPOConfi
         warmup_steps=cfg.warmup_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -462,7 +446,6 @@ def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path) -> GRPOConfi
 def build_trainer(model, processor, dataset, cfg: GrpoConfig, params: Params, checkpoints: Path, callbacks=()):
     """The configured :class:`VideoGRPOTrainer` (rewards by name, LoRA or full, vision freezing)."""
     from srvau.training import common
-    from srvau.training.rewards import final_correct, get_reward_funcs
 
     funcs, weights = get_reward_funcs(cfg.reward_funcs, cfg.reward_options or None)
     args = grpo_config(cfg, params, checkpoints)
@@ -501,52 +484,101 @@ def build_trainer(model, processor, dataset, cfg: GrpoConfig, params: Params, ch
     )
 
 
+def save_outputs(trainer, params: Params, init_model: str, out_dir: Path) -> tuple[Path | None, Path]:
+    """``adapter/`` (LoRA) and ``merged/``. ``Trainer.save_model`` writes them, so DeepSpeed ZeRO-3 shards
+    are gathered and only the main process writes; the LoRA merge reloads the base model and folds
+    the saved adapter in (``common.merge_and_save``), the same on one CPU and on many GPUs."""
+    from srvau.modeling import load_model
+    from srvau.training import common
+
+    adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
+    if trainer.accelerator.is_main_process:
+        for d in (adapter_dir, merged_dir):
+            shutil.rmtree(d, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if params.grpo.lora:
+        trainer.save_model(str(adapter_dir))
+        if trainer.accelerator.is_main_process:
+            from peft import PeftModel
+
+            tuned = PeftModel.from_pretrained(load_model(init_model, params.model), str(adapter_dir))
+            common.merge_and_save(tuned, trainer.processing_class, merged_dir)
+    else:
+        adapter_dir = None
+        trainer.save_model(str(merged_dir))
+    trainer.accelerator.wait_for_everyone()
+    return adapter_dir, merged_dir
+
+
+def run_fingerprint(params: Params, init_model: str, rows: list[dict[str, Any]]) -> str:
+    """What the checkpoints depend on: GRPO and model settings, the starting model, the prompts, the
+    video policy and the seed. Settings that only change bookkeeping are left out."""
+    cfg = {k: v for k, v in params.grpo.model_dump().items() if k not in NOT_FINGERPRINTED}
+    data = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    blob = json.dumps(
+        {"grpo": cfg, "model": params.model.model_dump(), "init": str(init_model), "data": data,
+         "video": params.video.model_dump(), "seed": params.seed},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dict[str, Any]:
     """The ``grpo`` stage: RL fine-tuning of ``init_model`` (usually the SFT model) on RoCoT's train
-    split. Writes ``out_dir/checkpoints`` (resumed automatically), ``out_dir/adapter`` (LoRA only),
-    ``out_dir/merged`` (safetensors + processor, what evaluation loads) and ``out_dir/summary.json``."""
+    split. Writes ``out_dir/checkpoints`` (resumed automatically when settings and data are unchanged),
+    ``out_dir/adapter`` (LoRA only), ``out_dir/merged`` (safetensors + processor: what evaluation
+    loads) and ``out_dir/summary.json``; returns the summary."""
+    from accelerate import PartialState
     from datasets import Dataset
 
     from srvau.modeling import load_model, load_processor
     from srvau.tracking.runs import log_stage_metrics, stage_run
     from srvau.training import common
+    from srvau.training.sft import load_split, prepare_checkpoint_dir
 
     cfg = params.grpo
     out_dir = Path(out_dir)
     checkpoints = out_dir / "checkpoints"
-    rows = grpo_rows(load_rocot_rows(Path(rocot_dir), "train"), cfg, params)
-    dataset = Dataset.from_list(rows)
+    rows = grpo_rows(load_split(Path(rocot_dir), "train").to_list(), cfg, params)
     log.info("GRPO on %d prompts (%s) from %s", len(rows), ", ".join(cfg.tasks), rocot_dir)
+    # Under `accelerate launch` every rank runs this: the main rank cleans stale checkpoints first.
+    dist = PartialState(cpu=not torch.cuda.is_available())
+    with dist.main_process_first():
+        resume = prepare_checkpoint_dir(checkpoints, run_fingerprint(params, init_model, rows), cfg.resume)
+    start_step = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0
+    if resume:
+        log.info("resuming GRPO from %s (step %d of %d)", resume, start_step, cfg.max_steps)
 
     model = load_model(init_model, params.model)
     processor = load_processor(init_model, params.model)
-    resume = common.resume_arg(checkpoints, cfg.resume)
     t0 = time.perf_counter()
-    with stage_run(params, "grpo"):
-        trainer = build_trainer(model, processor, dataset, cfg, params, checkpoints, [common.MlflowStepCallback("grpo")])
+    with stage_run(params, "grpo") if dist.is_main_process else contextlib.nullcontext():
+        trainer = build_trainer(
+            model, processor, Dataset.from_list(rows), cfg, params, checkpoints, [common.MlflowStepCallback("grpo")]
+        )
         sizes = common.trainable_parameters(trainer.model)
         result = trainer.train(resume_from_checkpoint=resume)
         wall = time.perf_counter() - t0
-        final = {**result.metrics, **sizes, "global_step": trainer.state.global_step, "wall_s": wall}
-        log_stage_metrics("grpo", {k: v for k, v in final.items() if isinstance(v, (int, float))})
-        adapter_dir = None
-        if cfg.lora:
-            adapter_dir = out_dir / "adapter"
-            trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
-            processor.save_pretrained(adapter_dir)
-        merged = common.merge_and_save(trainer.model, processor, out_dir / "merged")
-    summary = {
-        "init_model": str(init_model),
-        "prompts": len(rows),
-        "global_step": final["global_step"],
-        "resumed_from": resume,
-        "train_loss": final.get("train_loss"),
-        "wall_s": round(wall, 2),
-        "adapter": str(adapter_dir) if adapter_dir else None,
-        "merged": str(merged),
-        "tables_logged": trainer.tables_logged,
-        **sizes,
-    }
+        adapter_dir, merged = save_outputs(trainer, params, init_model, out_dir)
+        summary = {
+            "init_model": str(init_model),
+            "prompts": len(rows),
+            "global_step": int(trainer.state.global_step),
+            "resumed_from": resume,
+            "resumed_from_step": start_step,
+            "steps_this_run": int(trainer.state.global_step) - start_step,
+            "train_loss": float(result.training_loss),
+            "train_wall_s": round(wall, 2),
+            "adapter": str(adapter_dir) if adapter_dir else None,
+            "merged": str(merged),
+            "tables_logged": list(trainer.tables_logged),
+            **sizes,
+        }
+        if dist.is_main_process:
+            log_stage_metrics("grpo", {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if not dist.is_main_process:
+        return summary
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("GRPO done: %s", summary)
     return summary

@@ -6,8 +6,8 @@ Qwen2.5-VL's video processor needs (``DecodedClip.video_metadata()`` is a dict w
 fields of ``transformers.video_utils.VideoMetadata``).
 
 decord: ``VideoReader(path, ctx=cpu(0), num_threads=1, width=W, height=H)`` and ``get_batch``. The
-resize happens inside FFmpeg (swscale, bicubic) while decoding, so full-size RGB frames are never
-materialised. decord seeks to the keyframe before each index and decodes forward, reusing the
+resize happens inside FFmpeg (its scale filter, i.e. swscale) while decoding, so full-size RGB
+frames are never materialised. decord seeks to the keyframe before each index and decodes forward, reusing the
 decoder when the next index lies in the same GOP.
 
 Checks against decord's known silent failures: when the container's packet index (``timeline`` from
@@ -16,8 +16,8 @@ frame of the index's timestamp; otherwise the result is discarded and PyAV decod
 decord exception (including a missing decord) also falls back; ``DecodedClip.fallback_reason`` says why.
 
 PyAV: the same seek-then-decode-forward strategy, driven by the demuxed keyframe list, with
-``to_ndarray(width, height, format="rgb24", interpolation="BICUBIC")`` (swscale again, so the two
-backends give near-identical pixels). A frame is identified by its presentation timestamp, so frame
+``to_ndarray(width, height, format="rgb24", interpolation="BICUBIC")`` (swscale again; the two
+backends agree to about one grey level on average, see tests/test_video.py). A frame is identified by its presentation timestamp, so frame
 index ``i`` means "the i-th frame in presentation order" for both backends.
 
 These functions open the file in the calling process. Untrusted files go through
