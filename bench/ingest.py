@@ -91,6 +91,9 @@ def _worker(variant: str, path: str, n: int) -> dict:
     idx = np.linspace(0, total - 1, n).round().astype(np.int64)
     size = sampling.resize_target(h, w, n, policy)
     if variant in ("ours", "pyav_seek"):
+        import av  # noqa: F401  decode_frames imports its backends lazily: keep imports off the clock
+        import decord  # noqa: F401
+
         from srvau.video.decode import decode_frames
     elif variant == "floor":
         import decord

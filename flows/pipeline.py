@@ -51,7 +51,9 @@ def _stage_env(run_id: str | None) -> dict[str, str]:
 @task(retries=1, retry_delay_seconds=5, task_run_name="dvc repro {stage}")
 def run_stage(stage: str, run_id: str | None) -> str:
     logger = get_run_logger()
-    cmd = [_dvc(), "repro", stage]
+    # --pull: a fresh worker restores outputs already in the remote (or its run-cache) instead of
+    # recomputing them, even when its dvc.lock is older than the remote's state.
+    cmd = [_dvc(), "repro", "--pull", stage]
     logger.info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, cwd=ROOT, env=_stage_env(run_id), text=True, capture_output=True)
     tail = (proc.stdout + proc.stderr)[-4000:]
@@ -64,7 +66,7 @@ def run_stage(stage: str, run_id: str | None) -> str:
 @task(task_run_name="dvc push")
 def push_data() -> None:
     """Version what the run produced in the default DVC remote (local folder or S3)."""
-    proc = subprocess.run([_dvc(), "push"], cwd=ROOT, env=_stage_env(None), text=True, capture_output=True)
+    proc = subprocess.run([_dvc(), "push", "--run-cache"], cwd=ROOT, env=_stage_env(None), text=True, capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc push failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
 
@@ -103,8 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     result = pipeline(recipe=args.recipe, stages=args.stages, push=not args.no_push)
     print(f"pipeline finished: MLflow run {result['run_id']}; stages {', '.join(result['stages'])}")
-    report = ROOT / "reports" / "report.html"
-    if report.exists():
+    from srvau.config import load_params
+
+    params = load_params(recipe=args.recipe)
+    report = params.resolve(params.evaluate.report)
+    if "evaluate" in result["stages"] and report.exists():
         print(f"report: {report}")
 
 

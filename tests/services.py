@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
+
+from srvau.config import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
 
@@ -95,3 +98,17 @@ class Service:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def project_copy(dest: Path) -> Path:
+    """The tracked + untracked-not-ignored files of this checkout, as a fresh git(+DVC) project."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for f in files:
+        src = PROJECT_ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest

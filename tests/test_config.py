@@ -137,3 +137,27 @@ def test_cli_help_lists_the_stages():
     out = CliRunner().invoke(app, ["--help"]).stdout
     for cmd in ("config", "data", "model"):
         assert cmd in out
+
+
+def test_safe_params_drop_secrets_but_keep_look_alikes():
+    from srvau.tracking.runs import safe_params
+
+    p = load_params()
+    flat = safe_params(p)
+    assert "evaluate.max_new_tokens" in flat and "model.tiny.num_key_value_heads" in flat
+    leaked = load_params(overrides={"cot.openai.api_key_env": "MY_KEY_VAR"})
+    assert safe_params(leaked)["cot.openai.api_key_env"] == "MY_KEY_VAR"  # a variable's name, not a key
+
+
+def test_hub_ids_and_local_paths_are_told_apart(tmp_path, monkeypatch):
+    from srvau.modeling.loading import _source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert _source("Qwen/Qwen2.5-VL-3B-Instruct") == ("Qwen/Qwen2.5-VL-3B-Instruct", False)
+    with pytest.raises(FileNotFoundError, match="not a Hub id"):
+        _source(str(tmp_path / "missing-model"))
+    with pytest.raises(FileNotFoundError, match="not a Hub id"):
+        _source("models/sft/merged")  # two levels: never a Hub id
+    with pytest.raises(FileNotFoundError, match="not a Hub id"):
+        _source("models/sft")  # org/name shape, but ./models is a local folder

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,27 +20,13 @@ import httpx
 import pytest
 import yaml
 
-from services import BIN, Service, free_port, wait_until
+from services import BIN, Service, free_port, project_copy, wait_until
 from srvau.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.timeout(600)
 
 IMAGE = "registry.example.com/srvau:0123abc"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def project_copy(dest: Path) -> Path:
-    """Tracked + untracked-not-ignored files of this checkout, as a fresh git repository."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    for f in files:
-        src = PROJECT_ROOT / f
-        if src.is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +165,7 @@ def worker(server, project, tmp_path):
         svc.stop(sig=signal.SIGINT, grace=20)
 
 
+@pytest.mark.slow  # ~25-40 s: worker start, flow-run subprocess, dvc repro + push
 def test_triggered_run_completes_through_a_process_worker(server, deployments, project, worker):
     api, _ = server
     dep = deployments["demo-nightly"]

@@ -21,7 +21,10 @@ def reg_params(tmp_path, monkeypatch):
 
 def _metrics(tmp_path, name, acc):
     p = tmp_path / name
-    p.write_text(json.dumps({"grpo": {"qa": {"reflect": {"accuracy": acc}}}, "base": {"qa": {"reflect": {"accuracy": 1.0}}}}))
+    p.write_text(json.dumps({
+        "grpo": {"qa": {"reflect": {"accuracy": acc}}, "grounding": {"reflect": {"r@0.3": 12.5}}},
+        "base": {"qa": {"reflect": {"accuracy": 1.0}}},
+    }))
     return p
 
 
@@ -36,7 +39,9 @@ def test_register_promote_and_load_by_alias(tmp_path, reg_params, tiny_model_dir
     assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == "1"  # worse: not promoted
     assert "worse" in second["promotion"]["reason"]
     # metrics of the registered model (not the base model's) are version tags
-    assert client.get_model_version("srvau-test", "2").tags["metric.qa.reflect.accuracy"] == "40.0"
+    tags = client.get_model_version("srvau-test", "2").tags
+    assert tags["metric.qa.reflect.accuracy"] == "40.0"
+    assert tags["metric.grounding.reflect.r_at_0.3"] == "12.5"  # '@' is not allowed in tag names
     with pytest.raises(ValueError, match="worse"):
         promote(reg_params, version="2")
     assert promote(reg_params, version="2", force=True)["previous"] == "1"

@@ -22,24 +22,11 @@ from tqdm import tqdm
 
 from srvau.config import SynthConfig
 from srvau.data.classes import NORMAL, canonical_class
+from srvau.data.vau_bench import VAU_COLUMNS
 
 log = logging.getLogger(__name__)
 
-VAU_BENCH_COLUMNS = [
-    "Video Name",
-    "Question",
-    "Option 1",
-    "Option 2",
-    "Option 3",
-    "Option 4",
-    "Correct Option",
-    "Key Object",
-    "Description",
-    "Reasoning",
-    "Anomaly Class",
-    "Start Time",
-    "End Time",
-]
+VAU_BENCH_COLUMNS = list(VAU_COLUMNS)
 PREFIX = "demo_"
 BACKGROUND = (70, 70, 70)
 PEDESTRIAN = (230, 230, 230)

@@ -65,6 +65,12 @@ def processor_inputs(
         frames.append(v)
         vmeta.append(video_metadata(m, len(v)))
     processor.tokenizer.padding_side = padding_side
+    # Frames are already sized by our one policy (multiples of 28 within the pixel budgets). Pin the
+    # processor's pixel bounds to them so no checkpoint's own defaults (the Hub processors floor frames
+    # at 128*28*28 pixels) resize them again and break the token budget.
+    if "size" not in kwargs:
+        pixels = [int(f.shape[1]) * int(f.shape[2]) for f in frames]
+        kwargs["size"] = {"shortest_edge": min(pixels), "longest_edge": max(pixels)}
     return processor(
         text=list(texts),
         videos=frames,

@@ -8,6 +8,7 @@ instead of reaching for the network; a Hub id obeys the usual ``HF_HUB_OFFLINE``
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from srvau.compat import ensure_torchvision
@@ -24,8 +25,12 @@ def _source(name_or_path: str | Path) -> tuple[str, bool]:
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"{p} is a folder but holds no config.json: not a checkpoint")
         return str(p), True
-    if str(name_or_path).startswith((".", "/")) or p.suffix:
-        raise FileNotFoundError(f"model path {p} does not exist")
+    # A Hub id is "org/name" (dots allowed: Qwen/Qwen2.5-VL-3B-Instruct); anything else that does
+    # not exist is a mistyped local path, reported as such rather than sent to the Hub.
+    name = str(name_or_path)
+    local_looking = name.startswith((".", "/")) or Path(name.split("/")[0]).is_dir()  # e.g. models/sft
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name) or local_looking:
+        raise FileNotFoundError(f"model path {p} does not exist (and it is not a Hub id of the form org/name)")
     return str(name_or_path), False
 
 

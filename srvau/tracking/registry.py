@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     client.set_registered_model_alias(name, params.register_.alias, version)
     for key, value in flatten(metrics).items():
         if isinstance(value, (int, float)):
-            client.set_model_version_tag(name, version, f"metric.{key}", str(value))
+            client.set_model_version_tag(name, version, metric_tag(key), str(value))
     client.set_model_version_tag(name, version, "source_checkpoint", str(checkpoint))
     result = {"name": name, "version": version, "alias": params.register_.alias, "model_uri": f"models:/{name}/{version}"}
     log.info("registered %s version %s as @%s", name, version, params.register_.alias)
@@ -106,9 +107,14 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     return result
 
 
+def metric_tag(metric: str) -> str:
+    """MLflow tag names allow letters, digits, ``_ . - /`` and spaces: ``r@0.3`` -> ``r_at_0.3``."""
+    return "metric." + re.sub(r"[^\w.\- /]", "_", metric.replace("@", "_at_"))
+
+
 def _gate_value(client, name: str, version: str, metric: str) -> float | None:
     tags = client.get_model_version(name, version).tags
-    raw = tags.get(f"metric.{metric}")
+    raw = tags.get(metric_tag(metric))
     return float(raw) if raw is not None else None
 
 

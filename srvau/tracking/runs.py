@@ -17,7 +17,9 @@ from srvau.config import PROJECT_ROOT, Params
 
 log = logging.getLogger(__name__)
 
-_SECRET = re.compile(r"(key|token|secret|password|credential)", re.I)
+# Leaf names that hold secrets. Whole-name matches for keys/tokens (``max_new_tokens`` and
+# ``api_key_env``, the *name* of an env var, are fine to log); substrings for the unambiguous words.
+_SECRET_LEAF = re.compile(r"^(api_key|key|token|access_token|auth_token|hf_token|access_key|secret_key)$|secret|password|credential", re.I)
 
 
 def tracking_uri(params: Params) -> str:
@@ -55,7 +57,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def safe_params(params: Params) -> dict[str, str]:
     """Params as flat strings, with anything that looks like a credential left out."""
-    return {k: str(v)[:500] for k, v in flatten(params.dump()).items() if not _SECRET.search(k)}
+    return {k: str(v)[:500] for k, v in flatten(params.dump()).items() if not _SECRET_LEAF.search(k.rsplit(".", 1)[-1])}
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ LOGGED_PREFIXES = (
     "rewards/",
     "kl",
     "completions/",
+    "difficulty/",
     "completion_length",
     "entropy",
     "mean_token_accuracy",
@@ -218,3 +219,31 @@ def load_video(frames_path: str | Path, params):
     if not path.exists():
         raise FileNotFoundError(f"frame cache entry {path} does not exist; re-run `srvau ingest`")
     return load_frames(path)
+
+
+def checkpoint_digest(name_or_path: str | Path) -> str:
+    """Content identity of a checkpoint folder (a Hub id stands for itself).
+
+    Part of the resume fingerprints: a base model rebuilt in the same folder (new tokenizer, new
+    weights) must not resume checkpoints trained from the old one. Small files are hashed whole;
+    weight files over 64 MiB by size plus their first and last MiB, which keeps a 7 GB checkpoint cheap
+    while any re-save changes the digest (safetensors headers carry offsets, tails carry weights).
+    """
+    import hashlib
+
+    p = Path(name_or_path)
+    if not p.is_dir():
+        return str(name_or_path)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file() and "checkpoint-" not in str(x)):
+        h.update(str(f.relative_to(p)).encode())
+        size = f.stat().st_size
+        h.update(str(size).encode())
+        with open(f, "rb") as fh:
+            if size <= 64 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read())
+    return h.hexdigest()[:16]

@@ -249,7 +249,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         prompt_ids = [ids_unique[i] for i in index]
         self._check_prompt_lengths(prompt_ids, [ref for _, ref in keys])
         device = self.accelerator.device
-        self._video_batch = {k: [v[i].to(device) for i in index] for k, v in per_unique.items()}
+        # Repeated prompts share their unique video's tensors (moved to the device once).
+        moved = {k: [t.to(device) for t in v] for k, v in per_unique.items()}
+        self._video_batch = {k: [v[i] for i in index] for k, v in moved.items()}
         fields = concat_video(self._video_batch, 0, len(prompts))
         fields["mm_token_type_ids"] = [
             mm_token_types(torch.tensor(ids), self._image_pad_token_id, self._video_pad_token_id).tolist() for ids in prompt_ids
@@ -407,7 +409,7 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
     return list(out.values())
 
 
-def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path) -> GRPOConfig:
+def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path, reward_weights: list[float]) -> GRPOConfig:
     """TRL's config from ours. Generation options (vLLM, temperature, lengths) pass straight through."""
     bf16 = params.model.torch_dtype == "bfloat16"
     return GRPOConfig(
@@ -424,7 +426,7 @@ def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path) -> GRPOConfi
         temperature=cfg.temperature,
         beta=cfg.beta,
         loss_type=cfg.loss_type,
-        reward_weights=None,  # set by the caller from the registry
+        reward_weights=reward_weights,
         use_vllm=cfg.use_vllm,
         vllm_mode=cfg.vllm_mode,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
@@ -448,8 +450,7 @@ def build_trainer(model, processor, dataset, cfg: GrpoConfig, params: Params, ch
     from srvau.training import common
 
     funcs, weights = get_reward_funcs(cfg.reward_funcs, cfg.reward_options or None)
-    args = grpo_config(cfg, params, checkpoints)
-    args.reward_weights = weights
+    args = grpo_config(cfg, params, checkpoints, weights)
     peft_config = None
     if cfg.lora:
         peft_config = common.lora_config(
@@ -535,6 +536,7 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
     from srvau.modeling import load_model, load_processor
     from srvau.tracking.runs import log_stage_metrics, stage_run
     from srvau.training import common
+    from srvau.training.common import checkpoint_digest
     from srvau.training.sft import load_split, prepare_checkpoint_dir
 
     cfg = params.grpo
@@ -545,7 +547,8 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
     # Under `accelerate launch` every rank runs this: the main rank cleans stale checkpoints first.
     dist = PartialState(cpu=not torch.cuda.is_available())
     with dist.main_process_first():
-        resume = prepare_checkpoint_dir(checkpoints, run_fingerprint(params, init_model, rows), cfg.resume)
+        init_id = f"{init_model}@{checkpoint_digest(init_model)}"
+        resume = prepare_checkpoint_dir(checkpoints, run_fingerprint(params, init_id, rows), cfg.resume)
     start_step = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0
     if resume:
         log.info("resuming GRPO from %s (step %d of %d)", resume, start_step, cfg.max_steps)

@@ -322,7 +322,10 @@ def sft(
     out_dir = Path(out_dir)
     dataset = load_split(Path(rocot_dir), split)
     ckpt_dir = out_dir / "checkpoints"
-    fingerprint = run_fingerprint(params, str(base_model), _data_digest(Path(rocot_dir), split))
+    from srvau.training.common import checkpoint_digest
+
+    base_id = f"{base_model}@{checkpoint_digest(base_model)}"
+    fingerprint = run_fingerprint(params, base_id, _data_digest(Path(rocot_dir), split))
     resume_from = prepare_checkpoint_dir(ckpt_dir, fingerprint, params.sft.resume)
     start_step = _step_of(resume_from)
     if resume_from:
