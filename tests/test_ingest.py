@@ -291,6 +291,12 @@ def test_cli_takes_several_annotation_files_after_one_flag(matrix, result, tmp_p
     counts = json.loads(res.stdout.strip().splitlines()[-1])
     assert counts["rows"] == 5 and counts["quarantined_missing"] == 1 and "quarantined_duplicate_video_id" not in counts
     assert counts["videos_reused"] == 4 and counts["videos_decoded"] == 0
+    # the counts and the quarantine file reach MLflow (issue 3 item 4)
+    import mlflow
+
+    run = mlflow.last_active_run()
+    assert run.data.metrics["ingest.rows"] == 5 and run.data.metrics["ingest.quarantined_missing"] == 1
+    assert "ingest/quarantine.jsonl" in [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "ingest")]
 
     # repeated flag and comma lists are the same thing
     args = ["ingest", "--annotations", f"{train},{test}", "--annotations", extra,

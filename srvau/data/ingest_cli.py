@@ -56,7 +56,15 @@ def ingest_cmd(
         raise typer.BadParameter(f"annotation file(s) not found: {', '.join(missing)}", param_hint="--annotations")
     root = video_root or p.resolve(p.ingest.video_root)
     out_dir = out or p.resolve(p.paths.ingest)
-    result = ingest(csvs, root, out_dir, p, strict=p.ingest.strict if strict is None else strict)
+    from srvau.tracking.runs import log_stage_metrics, stage_run
+
+    with stage_run(p, "ingest"):
+        import mlflow
+
+        result = ingest(csvs, root, out_dir, p, strict=p.ingest.strict if strict is None else strict)
+        log_stage_metrics("ingest", result.counts)
+        if result.quarantine_path.exists():
+            mlflow.log_artifact(str(result.quarantine_path), artifact_path="ingest")
     typer.echo(json.dumps(result.counts))
     if result.failed:
         typer.echo(f"error: {result.failure} (see {result.quarantine_path})", err=True)
