@@ -70,3 +70,11 @@ def ingest_dir(tmp_path_factory, params, demo_dir) -> Path:
     result = ingest(sorted(demo_dir.glob("*.csv")), demo_dir / "videos", out, params)
     assert not result.failed, result.failure
     return out
+
+
+@pytest.fixture(scope="session")
+def manifest(ingest_dir):
+    """The ingested demo manifest as a DataFrame (tests that need its path use ``ingest_dir``)."""
+    import pandas as pd
+
+    return pd.read_parquet(ingest_dir / "manifest.parquet")

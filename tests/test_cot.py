@@ -39,11 +39,6 @@ def _with(params, **overrides):
 
 
 @pytest.fixture(scope="module")
-def manifest(ingest_dir) -> pd.DataFrame:
-    return pd.read_parquet(ingest_dir / "manifest.parquet")
-
-
-@pytest.fixture(scope="module")
 def built(tmp_path_factory, params, ingest_dir):
     out = tmp_path_factory.mktemp("rocot")
     result = build_rocot(ingest_dir / "manifest.parquet", out, params)

@@ -30,11 +30,6 @@ def gate(context, params, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def manifest(ingest_dir) -> pd.DataFrame:
-    return pd.read_parquet(ingest_dir / "manifest.parquet")
-
-
-@pytest.fixture(scope="module")
 def rocot_dir(tmp_path_factory, params, ingest_dir):
     out = tmp_path_factory.mktemp("rocot")
     build_rocot(ingest_dir / "manifest.parquet", out, params)

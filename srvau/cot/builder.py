@@ -42,6 +42,9 @@ from srvau.cot.dataset import COLUMNS, SPLITS, save_split
 from srvau.cot.filter import DROP_REASONS, FilterResult, Truth, is_correct, normalize_answer, pass_blocks, quality_filter
 from srvau.cot.prompts import TASKS, system_prompt, task_prompt
 from srvau.cot.teachers import Generated, TaskItem, clean, key_evidence, make_teacher, text_or_none
+from srvau.data.manifest import ManifestError  # noqa: F401  (re-exported: `srvau cot` exits 2 on it)
+from srvau.data.manifest import optional_float as _float
+from srvau.data.manifest import read_manifest as read_manifest_file
 from srvau.data.classes import canonical_class
 
 log = logging.getLogger(__name__)
@@ -64,19 +67,7 @@ class CotError(RuntimeError):
     """The stage cannot produce a dataset (nothing generated or kept)."""
 
 
-class ManifestError(CotError):
-    """The manifest is missing, unreadable or lacks columns."""
-
-
 # ----------------------------------------------------------------------------- items
-
-
-def _float(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 def truth_for(task: str, row: dict[str, Any]) -> Truth | None:
@@ -104,20 +95,8 @@ def truth_for(task: str, row: dict[str, Any]) -> Truth | None:
 
 
 def read_manifest(path: Path, tasks: Iterable[str]) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest {path} not found (run `srvau ingest` first)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:
-        raise ManifestError(f"manifest {path} is not a readable parquet file: {e}") from None
     need = list(MANIFEST_COLUMNS) + [c for t in tasks for c in TASK_COLUMNS[t]]
-    missing = sorted({c for c in need if c not in df.columns})
-    if missing:
-        raise ManifestError(f"manifest {path} lacks column(s) {missing}")
-    if df.empty:
-        raise ManifestError(f"manifest {path} has no rows")
-    return df
+    return read_manifest_file(path, required=need)
 
 
 def video_interval(row: dict[str, Any]) -> tuple[float, float]:

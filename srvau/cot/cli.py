@@ -45,7 +45,7 @@ def cot_cmd(
                         mlflow.log_artifact(str(path), artifact_path="cot")
         else:
             result = build_rocot(manifest, out, p)
-    except CotError as e:
+    except (CotError, ManifestError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2 if isinstance(e, ManifestError) else 1) from None
     typer.echo(json.dumps({"out": str(out), "teacher": result.teacher, "samples": result.split_counts,

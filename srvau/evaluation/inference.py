@@ -38,16 +38,14 @@ from tqdm import tqdm
 from srvau.cot.format import extract_class, extract_interval, extract_letter, parse_trace, pass_text
 from srvau.cot.prompts import system_prompt, task_prompt
 from srvau.evaluation.metrics import cls_correct, qa_correct, tag_iou
+from srvau.data.manifest import ManifestError, optional_float
+from srvau.data.manifest import read_manifest as read_manifest_file
 
 log = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("qa", "grounding", "classification", "description")
 STYLES: tuple[str, ...] = ("reflect", "think", "direct")
 METRIC_TASK = {"qa": "qa", "grounding": "tag", "classification": "cls"}  # metrics.py's task names
-
-
-class ManifestError(ValueError):
-    """The manifest cannot be evaluated (missing file/columns, no row in the split)."""
 
 
 # ----------------------------------------------------------------------------- samples
@@ -92,14 +90,6 @@ def _opt_str(v: Any) -> str | None:
     return None if _missing(v) else str(v)
 
 
-def _opt_float(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
 def ground_truth(task: str, row: dict[str, Any]) -> dict[str, Any] | None:
     """The task's ground truth for a manifest row, or None when the row does not count for the task.
 
@@ -114,7 +104,7 @@ def ground_truth(task: str, row: dict[str, Any]) -> dict[str, Any] | None:
             return None
         return {**common, "answer": letter.strip().upper()}
     if task == "grounding":
-        s, e = _opt_float(row.get("start_s")), _opt_float(row.get("end_s"))
+        s, e = optional_float(row.get("start_s")), optional_float(row.get("end_s"))
         if row.get("interval_kind") != "anomaly" or s is None or e is None or e <= s:
             return None
         return {**common, "answer": "Anomaly", "start_s": s, "end_s": e}
@@ -156,18 +146,8 @@ def _vision_tokens(row: dict[str, Any], video_cfg) -> int:
 
 def read_manifest(manifest: Path, split: str, limit: int | None = None) -> pd.DataFrame:
     """Rows of one split, in manifest order; ``limit`` keeps the first N videos."""
-    if not Path(manifest).is_file():
-        raise ManifestError(f"manifest {manifest} not found (run `srvau ingest` first)")
-    df = pd.read_parquet(manifest)
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ManifestError(f"manifest {manifest} lacks column(s) {missing}")
-    rows = df[df["split"] == split]
-    if rows.empty:
-        raise ManifestError(f"manifest {manifest} has no row in split {split!r} (splits: {sorted(df['split'].unique())})")
-    if limit is not None:
-        rows = rows.head(limit)
-    return rows.reset_index(drop=True)
+    rows = read_manifest_file(manifest, required=REQUIRED_COLUMNS, split=split)
+    return rows.head(limit).reset_index(drop=True) if limit is not None else rows
 
 
 def build_samples(

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from srvau.cot import format as fmt
 from srvau.data.classes import class_key
+from srvau.data.manifest import optional_float as _float
 
 RewardFn = Callable[..., list]
 
@@ -82,14 +83,6 @@ def _column(columns: dict[str, Any], name: str, n: int) -> list[Any]:
     if len(values) != n:
         raise ValueError(f"reward column {name!r} has {len(values)} values for {n} completions")
     return values
-
-
-def _float(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 def only_blocks(text: str) -> bool:

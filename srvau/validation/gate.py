@@ -265,13 +265,13 @@ def run_gate(manifest: Path, rocot: Path | None, reports_dir: Path, params: Para
     """Load the manifest parquet and the RoCoT splits and run the gate (see :class:`Gate`)."""
     from srvau.cot.dataset import load_all
 
+    from srvau.data.manifest import ManifestError, read_manifest
+
     manifest = Path(manifest)
-    if not manifest.is_file():
-        raise GateInputError(f"manifest {manifest} not found (run `srvau ingest` first)")
     try:
-        mdf = pd.read_parquet(manifest)
-    except Exception as e:
-        raise GateInputError(f"manifest {manifest} is unreadable: {e}") from None
+        mdf = read_manifest(manifest)  # columns are the suite's business: it names each one missing
+    except ManifestError as e:
+        raise GateInputError(str(e)) from None
     rdf = None
     if rocot is not None:
         try:
