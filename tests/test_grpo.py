@@ -379,3 +379,31 @@ def test_resume_after_kill(tiny_model_dir, rocot_dir, gparams, tmp_path):
     assert summary["global_step"] == steps
     assert summary["steps_this_run"] == steps - summary["resumed_from_step"]
     assert any((out / "merged").glob("*.safetensors"))
+
+
+def test_resume_restores_full_weights(tiny_model_dir, rocot_dir, gparams, tmp_path):
+    """Full fine-tuning (the paper recipe's GRPO) resumed mid-run ends where an uninterrupted run ends.
+
+    Guards the path that broke SFT resume under transformers 5.23 (see
+    srvau.training.common.restore_full_weights); GRPO's own checkpoints resumed correctly already."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from srvau.config import load_params
+    from srvau.training.grpo import grpo
+
+    over = {f"synth.{k}": v for k, v in gparams.synth.model_dump().items()}
+    over.update({**FAST, "grpo.lora": False, "grpo.max_steps": 2, "grpo.save_steps": 1, "grpo.save_total_limit": None})
+    p = load_params(overrides=over)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    grpo(rocot_dir, str(tiny_model_dir), whole, p)
+    shutil.copytree(whole / "checkpoints", cut / "checkpoints")
+    shutil.rmtree(cut / "checkpoints" / "checkpoint-2")
+    summary = grpo(rocot_dir, str(tiny_model_dir), cut, p)
+    assert summary["resumed_from_step"] == 1 and summary["global_step"] == 2
+    a, b = load_file(str(whole / "merged" / "model.safetensors")), load_file(str(cut / "merged" / "model.safetensors"))
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    resumed_gap = max((a[k] - b[k]).abs().max().item() for k in a)
+    trained_gap = max((a[k] - base[k]).abs().max().item() for k in a if k in base)
+    assert resumed_gap < 1e-4 * max(1.0, trained_gap), (resumed_gap, trained_gap)

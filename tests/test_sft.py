@@ -480,3 +480,46 @@ def test_cli_runs_the_stage_and_rejects_missing_data(rocot_dir, tiny_model_dir, 
 
     bad = CliRunner().invoke(app, ["sft", "--rocot", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "train.parquet" in bad.output
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_restores_the_weights(rocot_dir, tiny_model_dir, params, tmp_path, lora):
+    """An interrupted run resumed from its checkpoint ends with the weights of an uninterrupted run.
+
+    Regression: transformers 5.23 saves full checkpoints under the legacy key names but its Trainer
+    resumes them without converting and non-strictly, so nothing was loaded and a resumed run
+    silently restarted from the base weights (then merged garbage)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from srvau.training.sft import sft
+
+    p = _params(params, **{"sft.lora": lora, "sft.max_steps": 4, "sft.save_steps": 2, "sft.save_total_limit": None,
+                           "sft.lr_scheduler_type": "constant", "sft.warmup_steps": 0})
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    sft(rocot_dir, str(tiny_model_dir), whole, p)
+    shutil.copytree(whole / "checkpoints", cut / "checkpoints")
+    shutil.rmtree(cut / "checkpoints" / "checkpoint-4")  # as if killed between step 2 and step 4
+    m = sft(rocot_dir, str(tiny_model_dir), cut, p)
+    assert m["resumed_from_step"] == 2 and m["global_step"] == 4
+    a, b = load_file(str(whole / "merged" / "model.safetensors")), load_file(str(cut / "merged" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, f"resumed weights differ from the uninterrupted run by {worst}"
+
+
+def test_rerunning_a_finished_run_exports_it_unchanged(rocot_dir, tiny_model_dir, params, tmp_path):
+    """`dvc repro` re-runs the stage when an unrelated dependency changes: no extra training step."""
+    from safetensors.torch import load_file
+
+    from srvau.training.sft import sft
+
+    p = _params(params, **{"sft.max_steps": 2, "sft.save_steps": 2})
+    out = tmp_path / "sft"
+    sft(rocot_dir, str(tiny_model_dir), out, p)
+    before = load_file(str(out / "merged" / "model.safetensors"))
+    m = sft(rocot_dir, str(tiny_model_dir), out, p)
+    assert m["steps_this_run"] == 0 and m["global_step"] == 2
+    after = load_file(str(out / "merged" / "model.safetensors"))
+    assert max((before[k] - after[k]).abs().max().item() for k in before) < 1e-6

@@ -247,3 +247,25 @@ def checkpoint_digest(name_or_path: str | Path) -> str:
                 fh.seek(-(1 << 20), 2)
                 h.update(fh.read())
     return h.hexdigest()[:16]
+
+
+def restore_full_weights(model, checkpoint: str | Path, model_cfg=None) -> None:
+    """Load a full (non-LoRA) checkpoint's weights into ``model`` before ``trainer.train(resume_...)``.
+
+    Works around transformers 5.23: ``save_pretrained`` writes Qwen2.5-VL weights under the legacy
+    key names (``model.layers.*``, ``visual.*``) while ``Trainer._load_from_checkpoint`` loads them
+    into the renamed modules without conversion and non-strictly: nothing is restored and a resumed
+    run silently restarts from the base weights. ``from_pretrained`` converts the names; we copy its
+    weights in strictly. The Trainer's own load then matches no key and changes nothing, and it still
+    restores the optimizer, scheduler and RNG state. LoRA checkpoints (adapter files) are restored
+    correctly by the Trainer and are left alone.
+    """
+    from srvau.modeling import load_model
+
+    ckpt = Path(checkpoint)
+    if (ckpt / "adapter_model.safetensors").exists() or not (ckpt / "config.json").exists():
+        return
+    loaded = load_model(ckpt, model_cfg)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    del loaded
+    log.info("restored full weights from %s", ckpt)

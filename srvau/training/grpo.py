@@ -561,6 +561,8 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
             model, processor, Dataset.from_list(rows), cfg, params, checkpoints, [common.MlflowStepCallback("grpo")]
         )
         sizes = common.trainable_parameters(trainer.model)
+        if resume:
+            common.restore_full_weights(trainer.model, resume, params.model)
         result = trainer.train(resume_from_checkpoint=resume)
         wall = time.perf_counter() - t0
         adapter_dir, merged = save_outputs(trainer, params, init_model, out_dir)

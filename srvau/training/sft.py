@@ -322,7 +322,7 @@ def sft(
     out_dir = Path(out_dir)
     dataset = load_split(Path(rocot_dir), split)
     ckpt_dir = out_dir / "checkpoints"
-    from srvau.training.common import checkpoint_digest
+    from srvau.training.common import checkpoint_digest, restore_full_weights
 
     base_id = f"{base_model}@{checkpoint_digest(base_model)}"
     fingerprint = run_fingerprint(params, base_id, _data_digest(Path(rocot_dir), split))
@@ -333,8 +333,16 @@ def sft(
 
     with stage_run(params, "sft"):
         trainer = build_trainer(dataset, base_model, ckpt_dir, params, video_loader)
+        if resume_from:
+            restore_full_weights(trainer.model, resume_from, params.model)
         t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        if resume_from and start_step >= params.sft.max_steps:
+            # A finished run (e.g. `dvc repro` after an unrelated dep changed): export, do not train on.
+            log.info("checkpoint %s already reached max_steps=%d: exporting it", resume_from, params.sft.max_steps)
+            trainer.state.global_step = start_step
+            training_loss = float("nan")
+        else:
+            training_loss = float(trainer.train(resume_from_checkpoint=resume_from).training_loss)
         wall = time.perf_counter() - t0
 
         processor = trainer.processing_class
@@ -350,7 +358,7 @@ def sft(
 
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         metrics = {
-            "train_loss": float(result.training_loss),
+            "train_loss": training_loss,
             "final_loss": float(losses[-1]) if losses else float("nan"),
             "global_step": int(trainer.state.global_step),
             "resumed_from_step": start_step,
