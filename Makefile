@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow bench clean lint
+.PHONY: install run test test-slow bench compare clean lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/python -m flows.pipeline $(if $(RECIPE),--recipe $(RECIPE),)
+
+# The SRVAU-R1 recipe and the VAU-R1 baseline as two DVC experiments, one side-by-side report
+# (reports/compare/report.html). Two full demo runs: not part of `make run`.
+compare: install
+	$(BIN)/python -m flows.compare
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -73,29 +73,21 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     import torch
 
-    from srvau.evaluation.inference import (
-        GenerationSettings,
-        build_samples,
-        chat_text,
-        generate_batch,
-        generation_kwargs,
-        read_manifest,
-        run_inference,
-    )
+    from srvau.evaluation.inference import build_samples, read_manifest, run_inference
     from srvau.modeling import load_model, load_processor
-    from srvau.video.cache import load_frames
+    from srvau.modeling.generation import GenerationSettings, chat_text, generate, inference_device_map
 
     with tempfile.TemporaryDirectory(prefix="srvau-bench-eval-") as tmp:
         params, manifest, ckpt = prepare(Path(tmp), args.videos, args.model)
-        device = "cuda" if torch.cuda.is_available() else None
+        device = inference_device_map()
         model = load_model(ckpt, params.model, device_map=device).eval()
         proc = load_processor(ckpt, params.model)
         rows = read_manifest(manifest, "test")
         samples = build_samples(rows, manifest.parent, args.tasks, args.styles, params.video)
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
         # warm-up: first calls allocate and pick kernels
-        generate_batch(model, proc, [chat_text(proc, samples[0])], [load_frames(samples[0].frames_path)],
-                       generation_kwargs(model, proc.tokenizer, GenerationSettings(max_new_tokens=2)))
+        generate(model, proc, [chat_text(proc, samples[0].prompt, samples[0].system)], [samples[0].frames_path],
+                 GenerationSettings(max_new_tokens=2), batch_size=1)
 
         modes = {"one_at_a_time": dict(batch_size=1, sort_by_length=False), "batched": dict(batch_size=args.batch_size, sort_by_length=True)}
         times: dict[str, list[float]] = {m: [] for m in modes}

@@ -23,6 +23,20 @@ with PyAV into a temporary folder (``--keep DIR`` reuses them). Prints a table w
 targets, writes JSON to bench/results/ingest.json.
 
     python bench/ingest.py [--frames 16] [--lengths 10 60 180] [--res 240 480] [--repeats 5]
+
+Part two (``--part cache``) sizes the frame cache: for each clip at the demo settings (params.yaml) and
+at the paper settings (configs/paper-3b.yaml), the bytes of one entry and the time of
+``srvau.video.cache.load_frames`` (the read every training and evaluation step makes), today's layout
+against the previous one (raw uint8 frames in an uncompressed ``np.savez``, rebuilt here from the
+same frames), side by side. Clips: ``texture`` (the scrolling random-block texture above, close to
+noise once downscaled: a worst case for any codec) and ``scene`` (a still, smooth background with
+sensor noise and moving blocks: what a surveillance camera films). Reads are timed warm (file in the
+page cache, best of ``--repeats``) and cold (the file evicted with ``posix_fadvise(DONTNEED)`` first,
+as at paper scale, where 73 GB of raw entries does not stay in memory). It also reports the pixel
+error of the entry against the raw frames, the one-off encode time, and the disk for VAU-Bench's
+4.6k videos and for 20k. Prints a table, writes JSON to bench/results/ingest_cache.json.
+
+    python bench/ingest.py --part cache [--cache-clips texture:60:480 scene:120:720] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -250,6 +264,194 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# --- part two: the frame cache -----------------------------------------------------------------------
+
+PAPER_RECIPE = ROOT / "configs" / "paper-3b.yaml"
+DATASET_VIDEOS = {"vau_bench_4.6k": 4600, "20k": 20000}
+TARGET_PAPER_MB = 3.0  # bytes per entry at the paper settings
+TARGET_READ_RATIO = 1.2  # load_frames time against the raw layout
+
+
+def make_scene_video(path: Path, seconds: float, width: int, height: int) -> None:
+    """A fixed camera: smooth background, sensor noise (a bank of 8 noise frames), moving blocks."""
+    import av
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.stack([60 + 80 * xx / width, 70 + 60 * yy / height,
+                           90 + 40 * np.sin(xx / 37.0) * np.cos(yy / 23.0)], -1)
+    noisy = [np.clip(background + rng.normal(0, 3, background.shape), 0, 255).astype(np.uint8) for _ in range(8)]
+    tmp = path.with_suffix(".part.mp4")
+    with av.open(str(tmp), "w") as c:
+        s = c.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.codec_context.gop_size = GOP_S * FPS
+        s.options = {"preset": "ultrafast", "crf": "23"}
+        bh, bw = height // 12, width // 24
+        for i in range(int(seconds * FPS)):
+            img = noisy[i % len(noisy)].copy()
+            for k in range(5):
+                x, y = (i * (2 + k) + k * width // 5) % (width - bw), (k + 1) * height // 7
+                img[y : y + bh, x : x + bw] = (200 - 30 * k, 50 * k, 120)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    tmp.replace(path)
+
+
+def save_raw_npz(path: Path, clip, info, fingerprint: str) -> None:
+    """The previous layout (CACHE_VERSION 1): the same header with the decoded frames as raw uint8."""
+    with open(path, "wb") as f:
+        np.savez(f, frames=clip.frames, indices=clip.indices, timestamps=clip.timestamps, fps=np.float64(clip.fps),
+                 total_num_frames=np.int64(clip.total_num_frames), duration=np.float64(clip.duration_s),
+                 source_size=np.asarray([clip.source_height, clip.source_width], np.int64),
+                 backend=np.str_(clip.backend), fingerprint=np.str_(fingerprint), sha256=np.str_(info.sha256),
+                 info=np.str_(json.dumps(info.to_dict())), version=np.int64(1))
+
+
+def load_raw_npz(path: Path) -> np.ndarray:
+    """How the previous layout's load_frames read its frames."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["frames"]
+
+
+def _evict(path: Path) -> None:
+    """Drop ``path`` from the page cache (a no-op on tmpfs: keep the work folder on a disk)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _timed(fn, path: Path, cold: bool) -> float:
+    if cold:
+        _evict(path)
+    t0 = time.perf_counter()
+    fn(path)
+    return time.perf_counter() - t0
+
+
+def measure_cache(video: Path, settings: str, policy, repeats: int, work: Path) -> dict:
+    from srvau.video import cache
+    from srvau.video.decode import decode_frames
+    from srvau.video.probe import probe_inprocess
+    from srvau.video.sampling import plan_sampling
+
+    # the stage's own steps (probe_and_sample's child), with the decoded frames kept for the raw layout
+    info, tl = probe_inprocess(str(video))
+    plan = plan_sampling(tl.times, info.duration_s, info.height, info.width, policy)
+    clip = decode_frames(str(video), plan.indices, plan.size, backend=policy.decoder, timeline=tl)
+    frames = clip.frames
+    entry, raw = work / f"{video.stem}-{settings}.npz", work / f"{video.stem}-{settings}-raw.npz"
+    t0 = time.perf_counter()
+    cache.save_frames(entry, clip, info=info, fingerprint=plan.fingerprint)
+    encode_s = time.perf_counter() - t0
+    save_raw_npz(raw, clip, info, plan.fingerprint)
+
+    def load_new(p):
+        return cache.load_frames(p)[0]
+
+    times: dict[str, list[float]] = {k: [] for k in ("raw_warm", "new_warm", "raw_cold", "new_cold")}
+    for r in range(repeats):  # interleaved, order alternating, so drift on a shared machine hits both alike
+        pairs = [("raw", load_raw_npz, raw), ("new", load_new, entry)]
+        for name, fn, path in pairs if r % 2 == 0 else pairs[::-1]:
+            times[f"{name}_cold"].append(_timed(fn, path, cold=True))
+            times[f"{name}_warm"].append(_timed(fn, path, cold=False))
+    got = cache.load_frames(entry)[0]
+    err = np.abs(got.astype(np.int16) - frames.astype(np.int16))
+    mse = float(np.mean(err.astype(np.float64) ** 2))
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "settings": settings, "frames": int(frames.shape[0]), "frame_hw": list(frames.shape[1:3]),
+        "pixels": int(np.prod(frames.shape[:3])),
+        "raw_bytes": raw.stat().st_size, "new_bytes": entry.stat().st_size,
+        "size_ratio": raw.stat().st_size / entry.stat().st_size,
+        "read_s": best, "read_median_s": {k: statistics.median(v) for k, v in times.items()},
+        "read_ratio_warm": best["new_warm"] / best["raw_warm"], "read_ratio_cold": best["new_cold"] / best["raw_cold"],
+        "encode_s": encode_s,  # save_frames: encode + write, once per video at ingest
+        "mae": float(err.mean()), "max_abs_err": int(err.max()), "psnr_db": 10 * np.log10(255.0**2 / mse) if mse else None,
+    }
+
+
+def run_cache(args: argparse.Namespace) -> dict:
+    from srvau.config import load_params
+    from srvau.video import cache
+
+    policies = {"demo": load_params().video,
+                "paper": load_params(recipe=PAPER_RECIPE).video}
+    folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="srvau-bench-cache-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="entries-", dir=folder))
+    results = []
+    for spec in args.cache_clips:
+        kind, seconds, res = spec.split(":")
+        w, h = RESOLUTIONS[int(res)]
+        path = folder / f"{kind}_{seconds}s_{res}p.mp4"
+        if not path.exists():
+            t = time.perf_counter()
+            (make_video if kind == "texture" else make_scene_video)(path, float(seconds), w, h)
+            print(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f} s",
+                  file=sys.stderr)
+        for settings, policy in policies.items():
+            m = measure_cache(path, settings, policy, args.repeats, work)
+            results.append({"video": path.name, "kind": kind, "seconds": int(seconds), "resolution": f"{w}x{h}", **m})
+            print(f"measured {path.name} at {settings} settings", file=sys.stderr)
+    for p in work.iterdir():
+        p.unlink()
+    work.rmdir()
+    if not args.keep:
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+    paper = [r for r in results if r["settings"] == "paper"]
+    worst_paper_mb = max(r["new_bytes"] for r in paper) / 1e6 if paper else None
+    targets = {
+        "paper_max_mb_per_video": worst_paper_mb,
+        "paper_within_3mb": worst_paper_mb is not None and worst_paper_mb <= TARGET_PAPER_MB,
+        "read_ratio_warm_max": max(r["read_ratio_warm"] for r in results),
+        "read_ratio_cold_max": max(r["read_ratio_cold"] for r in results),
+        "reads_within_1.2x_warm": all(r["read_ratio_warm"] <= TARGET_READ_RATIO for r in results),
+        "reads_within_1.2x_cold": all(r["read_ratio_cold"] <= TARGET_READ_RATIO for r in results),
+        "mae_max": max(r["mae"] for r in results),
+        "disk_gb_paper": {name: {"raw": n * max(r["raw_bytes"] for r in paper) / 1e9,
+                                 "new_worst": n * worst_paper_mb / 1e3,
+                                 "new_best": n * min(r["new_bytes"] for r in paper) / 1e9}
+                          for name, n in DATASET_VIDEOS.items()} if paper else {},
+    }
+    return {"codec": cache.CODEC, "cache_version": cache.CACHE_VERSION, "repeats": args.repeats, "results": results,
+            "targets": targets, "machine": machine()}
+
+
+def cache_table(report: dict) -> str:
+    head = (f"{'video':<22} {'settings':<8} {'T x H x W':>13} {'raw MB':>7} {'new MB':>7} {'size':>6} "
+            f"{'warm ms raw/new':>16} {'ratio':>6} {'cold ms raw/new':>16} {'ratio':>6} {'enc s':>6} {'MAE':>5} {'PSNR':>5}")
+    lines = [f"frame cache: {report['codec']} (layout {report['cache_version']}) against raw uint8 npz", head, "-" * len(head)]
+    for r in report["results"]:
+        t = r["read_s"]
+        shape = f"{r['frames']}x{r['frame_hw'][0]}x{r['frame_hw'][1]}"
+        lines.append(
+            f"{r['video']:<22} {r['settings']:<8} {shape:>13} {r['raw_bytes'] / 1e6:>7.2f} {r['new_bytes'] / 1e6:>7.2f} "
+            f"{r['size_ratio']:>5.1f}x {t['raw_warm'] * 1e3:>7.1f}/{t['new_warm'] * 1e3:<8.1f} {r['read_ratio_warm']:>5.1f}x "
+            f"{t['raw_cold'] * 1e3:>7.1f}/{t['new_cold'] * 1e3:<8.1f} {r['read_ratio_cold']:>5.1f}x {r['encode_s']:>6.2f} "
+            f"{r['mae']:>5.2f} {r['psnr_db'] or float('inf'):>5.1f}")
+    t = report["targets"]
+    lines.append("")
+    if t["paper_max_mb_per_video"] is not None:
+        lines.append(f"target <= {TARGET_PAPER_MB:g} MB per video at the paper settings: "
+                     f"{'PASS' if t['paper_within_3mb'] else 'FAIL'} (largest {t['paper_max_mb_per_video']:.2f} MB)")
+    lines.append(f"target load_frames <= {TARGET_READ_RATIO:g}x the raw npz, warm: "
+                 f"{'PASS' if t['reads_within_1.2x_warm'] else 'FAIL'} (worst {t['read_ratio_warm_max']:.1f}x); "
+                 f"cold: {'PASS' if t['reads_within_1.2x_cold'] else 'FAIL'} (worst {t['read_ratio_cold_max']:.1f}x)")
+    lines.append(f"pixel error against the raw frames: mean abs <= {t['mae_max']:.2f} of 255")
+    for name, d in t["disk_gb_paper"].items():
+        lines.append(f"disk at the paper settings, {name} videos: raw {d['raw']:.0f} GB -> "
+                     f"{d['new_best']:.0f}-{d['new_worst']:.0f} GB (scene-texture)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         print(json.dumps(_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
@@ -262,13 +464,21 @@ def main() -> None:
     ap.add_argument("--naive-max-gib", type=float, default=4.0)
     ap.add_argument("--keep", help="folder to keep (and reuse) the generated videos in")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ingest.json"))
+    ap.add_argument("--part", choices=["decode", "cache", "all"], default="all")
+    ap.add_argument("--cache-clips", nargs="+", default=["texture:60:480", "scene:120:720"],
+                    help="KIND:SECONDS:RES clips for the cache part (KIND texture | scene)")
+    ap.add_argument("--cache-out", default=str(ROOT / "bench" / "results" / "ingest_cache.json"))
     args = ap.parse_args()
-    report = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(table(report))
-    print(f"\nwrote {out}", file=sys.stderr)
+    parts = [("decode", run, table, args.out), ("cache", run_cache, cache_table, args.cache_out)]
+    for name, runner, render, out in parts:
+        if args.part not in (name, "all"):
+            continue
+        report = runner(args)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(render(report))
+        print(f"\nwrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -51,12 +51,16 @@ class TrackingConfig(Section):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "srvau"
     registered_model: str = "srvau-qwen2_5-vl"
+    # Bounds on MLflow's HTTP client, so a dead tracking server costs seconds, not minutes per call
+    # (MLflow's own default); MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT win when set.
+    http_max_retries: int = Field(2, ge=0, le=10)
+    http_timeout_s: float = Field(20.0, ge=1)
 
 
 class SynthConfig(Section):
-    n_train: int = Field(48, ge=1)
-    n_val: int = Field(8, ge=1)
-    n_test: int = Field(16, ge=1)
+    n_train: int = Field(160, ge=1)
+    n_val: int = Field(24, ge=1)
+    n_test: int = Field(48, ge=1)
     duration_s: float = Field(8.0, gt=0)
     fps: int = Field(8, ge=1)
     width: int = Field(112, ge=16)
@@ -65,11 +69,16 @@ class SynthConfig(Section):
     normal_share: float = Field(0.2, ge=0, le=1)
     min_event_s: float = Field(2.0, gt=0)
     max_event_s: float = Field(4.0, gt=0)
+    decoy_share: float = Field(0.5, ge=0, le=1)
+    decoy_s: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _event_fits(self) -> "SynthConfig":
         if not self.min_event_s <= self.max_event_s < self.duration_s:
             raise ValueError("need min_event_s <= max_event_s < duration_s")
+        # a decoy (at most 1.0 s + decoy_s, then 0.5 s apart) must leave room for the longest event
+        if self.decoy_share > 0 and 1.5 + self.decoy_s + self.max_event_s > self.duration_s:
+            raise ValueError("need 1.5 + decoy_s + max_event_s <= duration_s (decoy before the event)")
         return self
 
 
@@ -119,21 +128,34 @@ class IngestConfig(Section):
     strict: bool = False
     workers: int = Field(1, ge=1)
     interval_slack_s: float = Field(1.0, ge=0)
+    # Degenerate videos are quarantined (see srvau/data/ingest.py): below one 28x28 Qwen2.5-VL patch
+    # cell a frame is upscaled (invented pixels); under 2 frames or 0.5 s it is a still, not a clip.
+    min_width: int = Field(28, ge=1)
+    min_height: int = Field(28, ge=1)
+    min_num_frames: int = Field(2, ge=1)
+    min_duration_s: float = Field(0.5, ge=0)
 
 
-class OpenAITeacherConfig(Section):
-    """An OpenAI-compatible chat-completions endpoint (vLLM, SGLang, a hosted API) as RoCoT teacher."""
+class EndpointConfig(Section):
+    """An OpenAI-compatible chat-completions endpoint, as ``srvau.chat.ChatClient`` uses it."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "Qwen/Qwen2.5-VL-72B-Instruct"
-    api_key_env: str = "SRVAU_TEACHER_API_KEY"  # the NAME of the variable holding the key, never the key
-    temperature: float = Field(0.2, ge=0)
+    base_url: str = "http://127.0.0.1:8000/v1"  # /chat/completions is appended
+    model: str
+    api_key_env: str  # the NAME of the variable holding the key, never the key
+    temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(512, ge=16)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(4, ge=0)
-    backoff_s: float = Field(1.0, ge=0)
-    max_backoff_s: float = Field(30.0, ge=0)
-    concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(60.0, gt=0)  # total wall-clock deadline of one request, body included
+    max_retries: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0)  # first wait; doubles each retry
+    max_backoff_s: float = Field(30.0, ge=0)  # cap on one wait, Retry-After included
+    concurrency: int = Field(4, ge=1)  # requests in flight at once
+
+
+class OpenAITeacherConfig(EndpointConfig):
+    """The RoCoT teacher's endpoint (vLLM, SGLang, a hosted API) and what it sends."""
+
+    model: str = "Qwen/Qwen2.5-VL-72B-Instruct"
+    api_key_env: str = "SRVAU_TEACHER_API_KEY"
     frames: int = Field(4, ge=1)
     image_format: Literal["jpeg", "png"] = "jpeg"
     response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
@@ -147,6 +169,8 @@ class PolicyTeacherConfig(Section):
     reviser: Literal["annotation", "openai"] = "annotation"
     prompt_style: Literal["think", "reflect"] = "think"
     max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy; > 0 samples (seeded by ``seed``)
+    top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(8, ge=1)
 
 
@@ -158,6 +182,7 @@ class CotConfig(Section):
         "classification",
         "description",
     ]
+    flaws: Literal["cues", "random"] = "cues"
     flawed_share: float = Field(0.5, ge=0, le=1)
     min_iou: float = Field(0.5, ge=0, le=1)
     min_description_overlap: float = Field(0.3, ge=0, le=1)
@@ -171,6 +196,10 @@ class CotConfig(Section):
 class ValidateConfig(Section):
     min_well_formed_share: float = Field(0.95, ge=0, le=1)
     max_examples: int = Field(5, ge=1)
+    # Grounding learns "Anomaly" only from anomaly intervals of the train split: a train set of
+    # Normal/unavailable rows trains a model that never localises anything.
+    min_train_anomaly_intervals: int = Field(4, ge=0)
+    max_quarantine_share: float = Field(0.2, ge=0, le=1)  # per split: quarantined / (kept + quarantined) rows
 
 
 class SftConfig(Section):
@@ -220,7 +249,6 @@ class GrpoConfig(Section):
     difficulty_filter: bool = False
     difficulty_low: float = Field(0.1, ge=0, le=1)
     difficulty_high: float = Field(0.9, ge=0, le=1)
-    difficulty_min_iou: float = Field(0.5, ge=0, le=1)
     lora: bool = True
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -242,17 +270,11 @@ class GrpoConfig(Section):
         return self
 
 
-class JudgeConfig(Section):
-    """VAU-Eval LLM judge (srvau.evaluation.judge); the API key is read from ``api_key_env`` only."""
+class JudgeConfig(EndpointConfig):
+    """VAU-Eval LLM judge's endpoint (srvau.evaluation.judge) and what it judges."""
 
     enabled: bool = False
-    base_url: str = "http://127.0.0.1:8000/v1"
     model: str = "deepseek-chat"
-    temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int = Field(512, ge=16)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(3, ge=0)
-    backoff_s: float = Field(2.0, ge=0)
     api_key_env: str = "SRVAU_JUDGE_API_KEY"
     styles: list[Literal["reflect", "think", "direct"]] = ["reflect"]
 
@@ -272,7 +294,9 @@ class EvaluateConfig(Section):
     split: str = "test"
     limit: int | None = Field(None, ge=1)
     iou_right: float = Field(0.5, gt=0, le=1)
-    models: dict[str, str] = {"base": "models/tiny-base", "sft": "models/sft", "grpo": "models/grpo"}
+    # label -> checkpoint; None means model.base (filled in by Params), so a recipe that changes the
+    # base model also changes what the report calls "base".
+    models: dict[str, str | None] = {"base": None, "sft": "models/sft", "grpo": "models/grpo"}
     out_dir: str = "reports/eval"
     report: str = "reports/eval/report.html"
     judge: JudgeConfig = JudgeConfig()
@@ -317,6 +341,13 @@ class Params(Section):
         if v is not None and not v.endswith((".yaml", ".yml")):
             raise ValueError("recipe must be a .yaml file path")
         return v
+
+    @model_validator(mode="after")
+    def _evaluation_base_defaults_to_model_base(self) -> "Params":
+        for label, spec in self.evaluate.models.items():
+            if spec is None:
+                self.evaluate.models[label] = self.model.base  # in place: no re-validation loop
+        return self
 
     def resolve(self, path: str | os.PathLike) -> Path:
         """A path from the config, relative to the project root unless absolute."""

@@ -78,3 +78,27 @@ def manifest(ingest_dir):
     import pandas as pd
 
     return pd.read_parquet(ingest_dir / "manifest.parquet")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> str:
+    """One real ``prefect server start`` for the session; flow runs get its URL as ``PREFECT_API_URL``.
+
+    Without it every flow run starts a temporary server that must come up within 20 s, which a
+    loaded 2-core machine misses (see docs/pitfalls.md); this one starts once, outside any test's
+    own timing, with a generous health wait.
+    """
+    from services import BIN, Service, free_port
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    svc = Service("prefect server", cmd, env, home / "server.log").start()
+    try:
+        svc.wait_http(f"{api}/health", timeout=300)
+        yield api
+    finally:
+        svc.stop()

@@ -1,4 +1,4 @@
-"""The ``cot`` stage: manifest -> RoCoT dataset (DESIGN 4.3-4.4).
+"""The ``cot`` stage: manifest -> RoCoT dataset (docs/contracts.md, docs/trace-format.md).
 
     out/train.parquet, val.parquet, test.parquet   kept samples (``srvau.cot.dataset.COLUMNS``)
     out/README.md                                  dataset card (counts, format, provenance)
@@ -7,10 +7,11 @@
     out/quarantine.jsonl                           items the teacher failed on, with the reason
 
 One sample per (video, task) that has a ground truth for the task: QA needs a question with a
-correct letter, grounding an ``anomaly`` or ``normal`` interval (``unavailable`` rows are excluded,
-DESIGN 4.1), classification a class, description a reference description. Splits are the
-manifest's. Flawed first passes are planned per (split, task): exactly ``round(flawed_share * n)``
-items, chosen by a seeded permutation, so every split and task carries the configured share.
+correct letter, grounding an ``anomaly`` or ``normal`` interval (``unavailable`` rows are excluded),
+classification a class, description a reference description (:func:`srvau.contract.truth.truth_of`). Splits are the
+manifest's. Flawed first passes are planned by ``cot.flaws``: ``cues`` marks the items whose annotation
+records a misleading cue (the first pass goes wrong for a reason visible in the video); ``random``
+marks exactly ``round(flawed_share * n)`` items per (split, task), by a seeded permutation.
 
 Samples are written to ``generated.jsonl`` as the teacher returns them and failures to
 ``quarantine.jsonl``, so a failed or interrupted run loses nothing it had paid for (the openai
@@ -21,7 +22,6 @@ baseline recipe's data.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -37,15 +37,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from srvau.config import PROJECT_ROOT, CotConfig, Params
-from srvau.cot import format as fmt
+from srvau.contract import scoring as S
+from srvau.contract import trace as T
+from srvau.contract.prompts import system_prompt, task_prompt
+from srvau.contract.truth import grounding_interval, truth_of
+from srvau.contract.vocab import canonical_class, optional_float, optional_text
 from srvau.cot.dataset import COLUMNS, SPLITS, save_split
-from srvau.cot.filter import DROP_REASONS, FilterResult, Truth, is_correct, normalize_answer, pass_blocks, quality_filter
-from srvau.cot.prompts import TASKS, system_prompt, task_prompt
-from srvau.cot.teachers import Generated, TaskItem, clean, key_evidence, make_teacher, text_or_none
+from srvau.cot.filter import DROP_REASONS, FilterResult, is_correct, quality_filter
+from srvau.cot.teachers import Generated, TaskItem, clean, key_evidence, make_teacher, misleading_cue, text_or_none
 from srvau.data.manifest import ManifestError  # noqa: F401  (re-exported: `srvau cot` exits 2 on it)
-from srvau.data.manifest import optional_float as _float
 from srvau.data.manifest import read_manifest as read_manifest_file
-from srvau.data.classes import canonical_class
+from srvau.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -70,30 +72,6 @@ class CotError(RuntimeError):
 # ----------------------------------------------------------------------------- items
 
 
-def truth_for(task: str, row: dict[str, Any]) -> Truth | None:
-    """Ground truth of one manifest row for one task, or None when the row does not count for it."""
-    if task == "qa":
-        letter = (text_or_none(row.get("correct_option")) or "").upper()
-        if not bool(row.get("has_qa", False)) or letter not in ("A", "B", "C", "D") or not text_or_none(row.get("question")):
-            return None
-        return Truth("qa", letter)
-    if task == "grounding":
-        kind = row.get("interval_kind")
-        if kind == "normal":
-            return Truth("grounding", "Normal", fmt.NORMAL_INTERVAL)
-        s, e = _float(row.get("start_s")), _float(row.get("end_s"))
-        if kind != "anomaly" or s is None or e is None or e <= s:
-            return None
-        return Truth("grounding", "Anomaly", (s, e))
-    if task == "classification":
-        cls = canonical_class(str(row.get("anomaly_class"))) if text_or_none(row.get("anomaly_class")) else None
-        return Truth("classification", cls) if cls else None
-    if task == "description":
-        desc = text_or_none(row.get("description"))
-        return Truth("description", desc) if desc else None
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-
-
 def read_manifest(path: Path, tasks: Iterable[str]) -> pd.DataFrame:
     need = list(MANIFEST_COLUMNS) + [c for t in tasks for c in TASK_COLUMNS[t]]
     return read_manifest_file(path, required=need)
@@ -101,11 +79,8 @@ def read_manifest(path: Path, tasks: Iterable[str]) -> pd.DataFrame:
 
 def video_interval(row: dict[str, Any]) -> tuple[float, float]:
     """RoCoT's ``gt_start, gt_end``: the anomaly interval, (-1, -1) for a normal video, NaN if unavailable."""
-    kind = row.get("interval_kind")
-    if kind == "normal":
-        return fmt.NORMAL_INTERVAL
-    s, e = _float(row.get("start_s")), _float(row.get("end_s"))
-    return (s, e) if kind == "anomaly" and s is not None and e is not None else (math.nan, math.nan)
+    iv = grounding_interval(row.get("start_s"), row.get("end_s"), row.get("interval_kind"))
+    return iv if iv is not None else (math.nan, math.nan)
 
 
 def frames_column(path: Path | None) -> str | None:
@@ -128,10 +103,11 @@ def task_items(manifest: pd.DataFrame, manifest_dir: Path, params: Params) -> li
     for row in rows:
         fp = text_or_none(row.get("frames_path"))
         frames = (Path(fp) if Path(fp).is_absolute() else Path(manifest_dir) / fp) if fp else None
-        cls = canonical_class(str(row["anomaly_class"])) if text_or_none(row.get("anomaly_class")) else None
+        cls = canonical_class(optional_text(row.get("anomaly_class")) or "")
         evidence = key_evidence(row.get("reasoning"), row.get("description"), row.get("key_object"), cot.think_max_words)
+        cue = misleading_cue(row.get("reasoning"))
         for task in cot.tasks:
-            truth = truth_for(task, row)
+            truth = truth_of(task, row)
             if truth is None:
                 continue
             items.append(
@@ -148,16 +124,21 @@ def task_items(manifest: pd.DataFrame, manifest_dir: Path, params: Params) -> li
                     evidence=evidence,
                     reference=text_or_none(row.get("description")),
                     options={x: text_or_none(row.get(f"option_{x.lower()}")) or "" for x in "ABCD"} if task == "qa" else {},
-                    duration_s=_float(row.get("duration_s")) or 0.0,
+                    duration_s=optional_float(row.get("duration_s")) or 0.0,
                     video_interval=video_interval(row),
                     frames_path=frames,
+                    cue=cue,
                 )
             )
     return items
 
 
-def plan_flaws(items: list[TaskItem], share: float, seed: int) -> list[TaskItem]:
-    """Mark exactly ``round(share * n)`` items of every (split, task) group as flawed (seeded)."""
+def plan_flaws(items: list[TaskItem], cfg: CotConfig, seed: int) -> list[TaskItem]:
+    """Which items get a flawed first pass: ``cues``: those with a misleading cue; ``random``: exactly
+    ``round(flawed_share * n)`` items of every (split, task) group (seeded)."""
+    if cfg.flaws == "cues":
+        return [replace(it, flawed=it.cue is not None) for it in items]
+    share = cfg.flawed_share
     groups: dict[tuple[str, str], list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault((it.split, it.task), []).append(i)
@@ -181,15 +162,15 @@ def render_row(gen: Generated, cfg: CotConfig) -> dict[str, Any]:
     first, final = parts.first, parts.final
     style = "think" if cfg.single_pass else "reflect"
     if cfg.single_pass:
-        completion = fmt.render_pass(clean(final.think), clean(final.answer), final.interval if grounding else None)
+        completion = T.render_pass(clean(final.think), clean(final.answer), final.interval if grounding else None)
     else:
-        completion = fmt.render_trace(
+        completion = T.render_trace(
             clean(first.think), clean(first.answer), clean(parts.reflection), clean(final.think), clean(final.answer),
             first.interval if grounding else None, final.interval if grounding else None,
         )
-    trace = fmt.parse_trace(completion)
-    a1, g1 = pass_blocks(trace, style, "first")
-    a2, _ = pass_blocks(trace, style, "final")
+    trace = T.parse_trace(completion)
+    a1, g1 = S.pass_blocks(trace, style, "first")
+    a2, _ = S.pass_blocks(trace, style, "final")
     gt = item.video_interval
     return {
         "sample_id": item.sample_id,
@@ -200,8 +181,8 @@ def render_row(gen: Generated, cfg: CotConfig) -> dict[str, Any]:
         "system": system_prompt(style, item.task),
         "prompt": item.prompt,
         "completion": completion,
-        "first_answer": normalize_answer(item.task, a1),
-        "final_answer": normalize_answer(item.task, a2),
+        "first_answer": S.normalize_answer(item.task, a1),
+        "final_answer": S.normalize_answer(item.task, a2),
         "first_correct": is_correct(item.truth, a1, g1, cfg),
         "answer": item.truth.answer,
         "gt_start": float(gt[0]),
@@ -241,14 +222,6 @@ class CotResult:
         return m
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
@@ -266,7 +239,7 @@ def build_rocot(manifest: Path, out_dir: Path, params: Params, teacher=None) -> 
     if not items:
         raise CotError(f"no (video, task) in {manifest} has a ground truth for tasks {cot.tasks}")
     if not cot.single_pass:
-        items = plan_flaws(items, cot.flawed_share, params.seed)
+        items = plan_flaws(items, cot, params.seed)
     teacher = teacher or make_teacher(params)
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("cot: %d samples from %d videos, teacher %s", len(items), df["video_id"].nunique(), teacher.name)
@@ -317,7 +290,7 @@ def build_rocot(manifest: Path, out_dir: Path, params: Params, teacher=None) -> 
         teacher_stats=dict(getattr(teacher, "stats", None) or {}),
     )
     stats = {"metrics": result.metrics(), "dropped": dict(res.dropped), "quarantined": dict(quarantined),
-             "manifest": str(manifest), "manifest_sha256": _sha256(manifest)}
+             "manifest": str(manifest), "manifest_sha256": sha256_file(manifest)}
     (out_dir / STATS).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     write_card(out_dir, result, kept, params, manifest, stats["manifest_sha256"])
     log.info("cot: kept %d of %d (%s), quarantined %d", len(kept), res.total, split_counts, sum(quarantined.values()))
@@ -359,9 +332,9 @@ One sample per (video, task); splits are the manifest's.
 {chr(10).join(lines)}
 
 First pass wrong (corrected by the reflection): {result.first_wrong_share:.1%} of kept reflect samples
-(planned share `cot.flawed_share` = {cot.flawed_share}).
+(flawed first passes planned by `cot.flaws` = {cot.flaws}{f", share {cot.flawed_share}" if cot.flaws == "random" else ": where the annotation records a misleading cue"}).
 
-Quality filter (DESIGN 4.4): generated {result.filter.total}, kept {len(result.filter.kept)}; dropped {dropped}.
+Quality filter: generated {result.filter.total}, kept {len(result.filter.kept)}; dropped {dropped}.
 Teacher failures (quarantine.jsonl): {quarantined}.
 
 ## Format
@@ -373,7 +346,7 @@ Teacher failures (quarantine.jsonl): {quarantined}.
 ```
 
 `<glue>` only for temporal grounding (seconds; a normal video is `[-1.0, -1.0]`). Parse completions
-with `srvau.cot.format.parse_trace`, the parser the rewards and the evaluation use. Example:
+with `srvau.contract.trace.parse_trace`, the parser the rewards and the evaluation use. Example:
 
 ```
 {example}

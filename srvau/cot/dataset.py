@@ -58,12 +58,13 @@ def save_split(df: pd.DataFrame, root: str | Path, split: str) -> Path:
         raise ValueError(f"RoCoT rows lack column(s) {missing}")
     ds = Dataset.from_pandas(df[list(COLUMNS)].reset_index(drop=True), features=features(), preserve_index=False)
     path = split_path(root, split)
-    tmp = path.with_name(path.name + ".tmp")
     import pyarrow.parquet as pq
 
+    from srvau.io import atomic_path
+
     # pyarrow directly: same file as Dataset.to_parquet (features in the schema metadata), no progress bar
-    pq.write_table(ds.data.table, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(ds.data.table, tmp)
     return path
 
 

@@ -4,50 +4,54 @@ Every teacher turns :class:`TaskItem` s into :class:`Generated` results (a :clas
 failure reason); the builder renders, judges and filters them (``srvau.cot.builder``).
 
 ``annotation`` (offline default)
-    Builds the trace from the ground-truth fields. A planned share of items (``cot.flawed_share``,
-    chosen per split and task by the builder, deterministic by seed) gets a flawed first pass: a
-    wrong option, a shifted or stretched interval (IoU below ``cot.min_iou``) or a missed anomaly,
-    a confusable class, a description that misses the key object. Its reflection names the evidence
-    that corrects it; the rest get a correct first pass and a confirming reflection. Blocks are
-    short on purpose (``cot.think_max_words``: the key evidence, not the whole reasoning paragraph)
-    so a tiny model can learn the structure. Departure: SRVAU-R1 has an LLM write RoCoT; this
-    teacher is a deterministic stand-in that needs no model and no network.
+    Builds the trace from the ground-truth fields. Which items get a flawed first pass is planned by
+    the builder (``cot.flaws``): with ``cues`` (the default) exactly the items whose annotation
+    records a misleading cue (a ``Misleading Cue:`` part of ``Reasoning``: something that looks like
+    another class for a moment), so the first pass goes wrong *for a reason visible in the video*:
+    it takes the cue for the event (its option, its class, its interval). With ``random`` a seeded
+    share (``cot.flawed_share``) gets a wrong option, a shifted interval, a confusable class. A flawed
+    first pass is written in the same template as a correct one, so its content, not its first
+    token, decides the branch. The reflection names what the first pass missed; the second pass
+    looks at the whole clip again (its wording differs from the first pass's even when both are
+    right). Blocks are short on purpose (``cot.think_max_words``) so a tiny model can learn the
+    structure. Departure: SRVAU-R1 has an LLM write RoCoT; this teacher is a deterministic stand-in
+    that needs no model and no network.
 ``openai``
-    Any OpenAI-compatible chat-completions endpoint over httpx: a few cached frames as base64
-    images, the ground truth in the prompt, a JSON reply validated against a schema. Timeouts,
-    retries with exponential backoff (5xx, 429, timeouts, connection errors, malformed or truncated
-    JSON), bounded concurrency (threads), and an on-disk reply cache keyed by the sha256 of the
-    request, so a re-run pays nothing twice. The API key comes only from the environment variable
-    named in ``cot.openai.api_key_env`` and is never logged.
+    Any OpenAI-compatible chat-completions endpoint through ``srvau.chat.ChatClient``: a few cached
+    frames as base64 images, the ground truth in the prompt, a JSON reply validated against a
+    schema. A malformed or truncated reply is retried like a timeout or a 5xx; one that fails every
+    attempt is quarantined with its reason. Replies are cached on disk by the sha256 of the request,
+    so a re-run pays nothing twice. Deadline, retries, concurrency and the API key: see ``srvau.chat``.
 ``policy`` (SRPO's recipe)
-    The current policy model writes the first pass (greedy, through the evaluation's batched
-    generation); a reviser (``annotation`` or ``openai``) writes the reflection and the revision.
-    An unparseable first pass is kept as written (tags stripped) and judged wrong.
+    The current policy model writes the first pass (``srvau.modeling.generation``, on the
+    accelerator when there is one; greedy unless ``cot.policy.temperature > 0``); a reviser
+    (``annotation`` or ``openai``) writes the reflection and the revision. An unparseable first pass
+    is kept as written (tags stripped) and judged wrong. The policy never sees the test split: those
+    items get the reviser's own full trace.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import logging
-import os
 import re
-import threading
-import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from srvau.chat import ChatClient, ChatError, Reply, ReplyCache
 from srvau.config import CotConfig, OpenAITeacherConfig, Params
-from srvau.cot import format as fmt
-from srvau.cot.filter import STOPWORDS, Truth, content_words, grounding_label, is_correct
-from srvau.data.classes import CLASSES, NORMAL, canonical_class
+from srvau.contract import trace as fmt
+from srvau.contract.scoring import STOPWORDS, content_words, grounding_label
+from srvau.contract.truth import Truth
+from srvau.contract.vocab import optional_text
+from srvau.cot.filter import is_correct
+from srvau.contract.vocab import CLASSES, NORMAL, canonical_class
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +81,45 @@ class TaskItem:
     frames_path: Path | None  # absolute path of the frame-cache entry
     video_interval: Interval = (float("nan"), float("nan"))  # the row's (start, end); (-1, -1) normal
     flawed: bool = False  # plan for teachers that write both passes
+    cue: "Cue | None" = None  # a misleading cue the annotation records
 
     @property
     def gt_interval(self) -> Interval | None:
         return self.truth.interval
+
+
+@dataclass(frozen=True)
+class Cue:
+    """Something in the video that looks like another class for a moment (recorded in ``Reasoning``)."""
+
+    what: str  # e.g. "a brief yellow blast"
+    interval: Interval
+    resembles: str  # canonical class name
+    evidence: str = ""  # what it looks like, in the words of the class's own evidence
+
+    @property
+    def thing(self) -> str:
+        """The cue without its "a brief" ("yellow blast")."""
+        return re.sub(r"^(an?\s+)?(brief|short|momentary)\s+", "", self.what.strip(), flags=re.I)
+
+
+_CUE = re.compile(
+    r"Misleading\s+Cue:\s*(?P<what>[^(]+?)\s*(?:\((?P<ev>[^)]*)\))?\s+from\s+(?P<s>\d+(?:\.\d+)?)\s*s\s+to\s+"
+    r"(?P<e>\d+(?:\.\d+)?)\s*s\s+looks\s+like\s+(?P<cls>[A-Za-z_ ]+?)\s+but",
+    re.I | re.S,
+)
+
+
+def misleading_cue(reasoning: Any) -> Cue | None:
+    """The ``Misleading Cue: <what> [(<evidence>)] from <s> s to <e> s looks like <class> but ...`` part of a
+    Reasoning text, or None (VAU-Bench's own annotations have none)."""
+    text = text_or_none(reasoning)
+    m = _CUE.search(text) if text else None
+    cls = canonical_class(m.group("cls")) if m else None
+    if m is None or cls is None:
+        return None
+    what = " ".join(m.group("what").split())
+    return Cue(what, (float(m.group("s")), float(m.group("e"))), cls, " ".join((m.group("ev") or "").split()))
 
 
 @dataclass(frozen=True)
@@ -119,10 +158,9 @@ _QUOTED = re.compile(r"'([^']+)'|\"([^\"]+)\"")
 
 
 def text_or_none(v: Any) -> str | None:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return None
-    s = " ".join(str(v).split())
-    return None if s in ("", "-1", "-1.0", "nan", "None") else s
+    """One-line text of a cell, or None when it is missing (the contract's rule)."""
+    text = optional_text(v)
+    return " ".join(text.split()) if text is not None else None
 
 
 def clean(text: str | None) -> str:
@@ -264,16 +302,14 @@ class AnnotationTeacher:
             yield Generated(item, self.name, parts=self.trace(item))
 
     def trace(self, item: TaskItem) -> TraceParts:
-        final = self.correct_pass(item)
-        if not item.flawed:
-            return TraceParts(final, self.reflect(item, final), final)
-        first = self.flawed_pass(item, item_rng(self.seed, item))
-        return TraceParts(first, self.reflect(item, first), final)
+        first = self.flawed_pass(item, item_rng(self.seed, item)) if item.flawed else None
+        first = first or self.first_pass(item)
+        return TraceParts(first, self.reflect(item, first), self.second_pass(item))
 
     def revise(self, pairs: Iterable[tuple[TaskItem, Pass]]) -> Iterator[Generated]:
         """Reflection + correct revision for someone else's first pass (the policy's)."""
         for item, first in pairs:
-            yield Generated(item, self.name, parts=TraceParts(first, self.reflect(item, first), self.correct_pass(item)))
+            yield Generated(item, self.name, parts=TraceParts(first, self.reflect(item, first), self.second_pass(item)))
 
     # -- passes
 
@@ -284,76 +320,120 @@ class AnnotationTeacher:
     def _ev(self, item: TaskItem) -> str:
         return item.evidence or self._k(item)
 
-    def correct_pass(self, item: TaskItem) -> Pass:
-        ev, task = self._ev(item), item.task
+    def _pass(self, item: TaskItem, lead: str, ev: str, answer: str, interval: Interval | None = None,
+              thing: str | None = None) -> Pass:
+        """One pass in the template every pass of a task shares, whatever it concludes: ``lead`` +
+        the evidence it rests on + its answer. Grounding states ``thing``'s interval instead."""
+        task = item.task
         if task == "qa":
-            letter = item.truth.answer
-            return Pass(f"Evidence: {ev}; option {letter} fits.", letter)
+            return Pass(f"{lead}{ev}; option {answer} fits.", answer)
         if task == "grounding":
-            iv = item.gt_interval
-            if iv is None or fmt.is_normal_interval(iv):
-                return Pass(f"No anomaly: {ev}.", "Normal", fmt.NORMAL_INTERVAL)
-            s, e = round(iv[0], 1), round(iv[1], 1)
-            return Pass(f"{_upper_first(self._k(item))} is visible from {_t(s)} s to {_t(e)} s.", "Anomaly", (s, e))
+            if interval is None or fmt.is_normal_interval(interval):
+                return Pass(f"{lead}no anomaly, {ev}.", NORMAL, fmt.NORMAL_INTERVAL)
+            s, e = round(interval[0], 1), round(interval[1], 1)
+            return Pass(f"{lead}{thing or ev} from {_t(s)} s to {_t(e)} s.", "Anomaly", (s, e))
+        return Pass(f"{lead}{ev}.", answer)
+
+    def first_pass(self, item: TaskItem) -> Pass:
+        """A right first pass: the evidence at first glance and the answer it supports."""
+        return self._right(item, "At first glance: ")
+
+    def second_pass(self, item: TaskItem) -> Pass:
+        """The final pass: the whole clip looked at again; always right."""
+        return self._right(item, "Over the whole clip: ")
+
+    def _right(self, item: TaskItem, lead: str) -> Pass:
+        ev, task = _lower_first(self._ev(item)), item.task
+        if task == "qa":
+            return self._pass(item, lead, ev, item.truth.answer)
+        if task == "grounding":
+            return self._pass(item, lead, ev, "", item.gt_interval, self._k(item))
         if task == "classification":
-            return Pass(f"Evidence: {ev}.", item.truth.answer)
+            return self._pass(item, lead, ev, item.truth.answer)
         if task == "description":
             text = clip_sentences(clean(item.reference or item.truth.answer), self.cfg.answer_max_words, f"{item.key_object or ''} {item.evidence}")
-            return Pass(f"Evidence: {ev}.", text)
+            return self._pass(item, lead, ev, text)
         raise ValueError(f"unknown task {task!r}")
 
     def _wrong(self, item: TaskItem, p: Pass) -> bool:
         glue = f"[{_t(p.interval[0])}, {_t(p.interval[1])}]" if p.interval else None
         return not is_correct(item.truth, p.answer, glue, self.cfg)
 
-    def flawed_pass(self, item: TaskItem, rng: np.random.Generator) -> Pass:
-        """The first plausible-but-wrong pass among the task's candidates (judged by the filter's rules)."""
-        for p in self._flawed_candidates(item, rng):
-            if self._wrong(item, p):
-                return p
-        raise RuntimeError(f"{item.sample_id}: no flawed first pass is judged wrong")  # pragma: no cover
+    def flawed_pass(self, item: TaskItem, rng: np.random.Generator) -> Pass | None:
+        """The first first-pass candidate judged wrong by the filter's rules, or None when the item's cue
+        cannot mislead this task (the first pass is then right)."""
+        cands = self._cue_candidates(item) if item.cue is not None else self._random_candidates(item, rng)
+        return next((p for p in cands if self._wrong(item, p)), None)
 
-    def _flawed_candidates(self, item: TaskItem, rng: np.random.Generator) -> Iterator[Pass]:
-        task, k = item.task, self._k(item)
+    def _cue_candidates(self, item: TaskItem) -> Iterator[Pass]:
+        """What a first glance that takes the cue for the event answers."""
+        cue, task, lead = item.cue, item.task, "At first glance: "
+        assert cue is not None
+        # the cue described the way a right first pass describes the real event (same words, same template)
+        ev = _lower_first(clip_words(clean(cue.evidence or cue.thing), self.cfg.think_max_words))
+        if task == "qa":
+            w = _option_naming(item.options, f"{cue.thing} {cue.evidence}", exclude=item.truth.answer)
+            if w:
+                yield self._pass(item, lead, ev, w)
+        elif task == "grounding":
+            yield self._pass(item, lead, ev, "", cue.interval, _phrase(cue.thing, "something"))
+        elif task == "classification":
+            yield self._pass(item, lead, ev, cue.resembles)
+        elif task == "description":
+            s, e = cue.interval
+            yield self._pass(item, lead, ev, f"From {_t(s)} s to {_t(e)} s, {_lower_first(cue.evidence or cue.thing)} appears.")
+
+    def _random_candidates(self, item: TaskItem, rng: np.random.Generator) -> Iterator[Pass]:
+        """``cot.flaws: random``: plausible wrong first passes without a recorded cause."""
+        task, lead = item.task, "At first glance: "
         if task == "qa":
             others = [x for x in "ABCD" if x != item.truth.answer and item.options.get(x)]
             for w in rng.permutation(others).tolist() or [x for x in "ABCD" if x != item.truth.answer]:
                 opt = _lower_first(clip_words(clean(item.options.get(w, "")), 8).rstrip(" ."))
-                yield Pass(f"At first glance option {w} fits: {opt}." if opt else f"At first glance option {w} fits.", w)
+                yield self._pass(item, lead, opt or self._ev(item), w)
         elif task == "grounding":
             iv = item.gt_interval
             dur = max(float(item.duration_s or 0.0), 1.0)
             if iv is None or fmt.is_normal_interval(iv):
                 fs = round(float(rng.uniform(0.0, dur * 0.5)), 1)
                 fe = round(min(dur, fs + max(1.0, dur * 0.3)), 1)
-                yield Pass(f"Something unusual seems to happen from {_t(fs)} s to {_t(fe)} s.", "Anomaly", (fs, fe))
+                yield self._pass(item, lead, "", "", (fs, fe), "something unusual")
                 return
-            for s, e in _wrong_intervals(iv, dur, rng):
-                yield Pass(f"{_upper_first(k)} is visible from {_t(s)} s to {_t(e)} s.", "Anomaly", (s, e))
-            yield Pass("Nothing unusual is visible.", "Normal", fmt.NORMAL_INTERVAL)
+            for iv_wrong in _wrong_intervals(iv, dur, rng):
+                yield self._pass(item, lead, "", "", iv_wrong, self._k(item))
+            yield self._pass(item, lead, _lower_first(self._ev(item)), "", fmt.NORMAL_INTERVAL)
         elif task == "classification":
             gt = canonical_class(item.truth.answer) or item.truth.answer
             near = list(CONFUSABLE.get(gt, ()))
             rest = [c for c in CLASSES if c != gt and c not in near]
             for w in rng.permutation(near).tolist() + rng.permutation(rest).tolist():
-                yield Pass(f"At first glance it looks like {_readable(w)}.", w)
+                yield self._pass(item, lead, _readable(w).lower(), w)
         elif task == "description":
             normal = item.anomaly_class == NORMAL or item.interval_kind == "normal"
             for text in _VAGUE_NORMAL if normal else _VAGUE_ANOMALY:
-                yield Pass("At first glance nothing specific stands out.", text)
+                yield self._pass(item, lead, "nothing specific stands out", text)
         else:
             raise ValueError(f"unknown task {task!r}")
 
     # -- reflections
 
     def reflect(self, item: TaskItem, first: Pass) -> str:
-        """Confirming when ``first`` is right, else naming the evidence that corrects it."""
+        """Confirming when ``first`` is right, else naming what the first pass missed: the cue it took for
+        the event (``cot.flaws: cues``) or the evidence that corrects it."""
         ok = not self._wrong(item, first)
         k, ev, task = self._k(item), _lower_first(self._ev(item)), item.task
+        cue = item.cue
+        if not ok and cue is not None:
+            s, e = cue.interval
+            brief = f"{_upper_first(_phrase(cue.thing, 'the cue'))} at {_t(s)}-{_t(e)} s is gone at once"
+            iv = item.gt_interval
+            if task == "grounding" and iv is not None and not fmt.is_normal_interval(iv):
+                return f"{brief}; {k} lasts from {_t(iv[0])} s to {_t(iv[1])} s."
+            return f"{brief}; the sustained evidence is {ev}."
         if task == "qa":
             letter = item.truth.answer
             if ok:
-                return f"Rechecking the video, {k} supports option {letter}."
+                return f"Rechecking the whole clip, {k} supports option {letter}."
             w = fmt.letter_of(first.answer)
             return f"Option {w} is not supported: the video shows {ev}." if w else f"The first answer is not supported: the video shows {ev}."
         if task == "grounding":
@@ -374,14 +454,22 @@ class AnnotationTeacher:
         if task == "classification":
             gt = _readable(item.truth.answer)
             if ok:
-                return f"Rechecking, {ev} fits {gt} and no other class."
+                return f"Rechecking the whole clip, {ev} fits {gt} and no other class."
             w = fmt.extract_class(first.answer)
             return f"{_readable(w)} does not fit: the video shows {ev}." if w else f"The first class does not fit: the video shows {ev}."
         if task == "description":
             if ok:
-                return f"Rechecking, the description covers {k}."
+                return f"Rechecking the whole clip, the description covers {k}."
             return f"The first description misses {k}: {ev}."
         raise ValueError(f"unknown task {task!r}")
+
+
+def _option_naming(options: dict[str, str], thing: str, exclude: str) -> str | None:
+    """The letter of the option that names ``thing`` best (most shared content words), or None."""
+    want = set(content_words(thing))
+    scored = [(len(want & set(content_words(text))), letter) for letter, text in sorted(options.items()) if letter != exclude]
+    best = max(scored, default=(0, None))
+    return best[1] if best[0] > 0 else None
 
 
 def _wrong_intervals(iv: Interval, dur: float, rng: np.random.Generator) -> list[Interval]:
@@ -404,12 +492,9 @@ def _wrong_intervals(iv: Interval, dur: float, rng: np.random.Generator) -> list
 # ----------------------------------------------------------------------------- openai teacher
 
 
-class TeacherError(Exception):
-    """A failed request: ``why`` is a short reason, ``retry`` whether trying again may help."""
-
-    def __init__(self, why: str, detail: str = "", retry: bool = True, wait_s: float | None = None):
-        super().__init__(f"{why}: {detail}" if detail else why)
-        self.why, self.detail, self.retry, self.wait_s = why, detail, retry, wait_s
+class TeacherError(ChatError):
+    """A teacher reply or input that is not usable: ``why`` is a short reason, ``retry`` whether
+    asking again may help (a :class:`ChatError`, so the client retries a rejected reply)."""
 
 
 TRACE_KEYS = ("first_think", "first_answer", "reflection", "final_think", "final_answer")
@@ -450,14 +535,9 @@ def validate_reply(data: Any, task: str, keys: Sequence[str]) -> dict[str, Any]:
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
 
 
-def parse_completion(body: Any, task: str, keys: Sequence[str]) -> tuple[dict[str, Any], str]:
-    """(validated fields, raw content) from a chat-completions response body."""
-    try:
-        choice = body["choices"][0]
-        content = choice["message"]["content"]
-        finish = choice.get("finish_reason")
-    except (KeyError, IndexError, TypeError):
-        raise TeacherError("malformed_response", "no choices[0].message.content") from None
+def parse_reply(reply: Reply, task: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The validated fields of a teacher reply (live or cached); raises TeacherError."""
+    content, finish = reply.content, reply.finish_reason
     if not isinstance(content, str) or not content.strip():
         raise TeacherError("malformed_json", "empty content")
     text = content.strip()
@@ -471,40 +551,7 @@ def parse_completion(body: Any, task: str, keys: Sequence[str]) -> tuple[dict[st
         raise TeacherError("truncated_json" if truncated else "malformed_json", f"{e.msg} at char {e.pos}") from None
     if finish == "length":
         raise TeacherError("truncated_json", "finish_reason=length")
-    return validate_reply(data, task, keys), content
-
-
-class ReplyCache:
-    """Replies on disk, one JSON file per request hash; written atomically (threads share it)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            log.warning("ignoring unreadable cache entry %s", p)
-            return None
-
-    def put(self, key: str, record: dict[str, Any]) -> None:
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(record, ensure_ascii=False))
-        os.replace(tmp, p)
-
-
-def request_key(url: str, body: dict[str, Any]) -> str:
-    """sha256 of what is asked (endpoint + body, images included); headers (the key) are not part of it."""
-    blob = json.dumps({"url": url, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return validate_reply(data, task, keys)
 
 
 def encode_image(frame: np.ndarray, image_format: str = "jpeg") -> str:
@@ -576,12 +623,13 @@ class OpenAITeacher:
         frames_fn: Callable[[Path | None, int], tuple[list[np.ndarray], list[float]]] = teacher_frames,
     ):
         self.cfg, self.cot = cfg, cot
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self.cache = ReplyCache(cache_dir)
-        self._api_key = api_key if api_key is not None else os.environ.get(cfg.api_key_env)
+        self.client = ChatClient(cfg, name="teacher", cache=ReplyCache(cache_dir), api_key=api_key)
         self._frames_fn = frames_fn
-        self._lock = threading.Lock()
-        self.stats: dict[str, int] = {"requests": 0, "retries": 0, "cache_hits": 0}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """HTTP requests made, retries among them, replies served from the cache."""
+        return dict(self.client.stats)
 
     # -- public
 
@@ -634,88 +682,30 @@ class OpenAITeacher:
         return [{"role": "system", "content": system}, {"role": "user", "content": content}], keys
 
     def _body(self, item: TaskItem, messages: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": messages,
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
-        }
+        extra: dict[str, Any] = {}
         if self.cfg.response_format == "json_schema":
-            body["response_format"] = {
+            extra["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": f"rocot_{item.task}", "schema": reply_schema(item.task, keys)},
             }
         elif self.cfg.response_format == "json_object":
-            body["response_format"] = {"type": "json_object"}
-        return body
+            extra["response_format"] = {"type": "json_object"}
+        return self.client.body(messages, **extra)
 
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self.stats[key] += n
-
-    def _post(self, client, body: dict[str, Any], task: str, keys: Sequence[str]) -> tuple[dict[str, Any], str]:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        self._count("requests")
-        try:
-            resp = client.post(self.url, json=body, headers=headers, timeout=self.cfg.timeout_s)
-        except httpx.TimeoutException as e:
-            raise TeacherError("timeout", f"{type(e).__name__} after {self.cfg.timeout_s:g} s") from None
-        except httpx.TransportError as e:
-            raise TeacherError("connection_error", type(e).__name__) from None
-        code = resp.status_code
-        if code == 429 or code >= 500:
-            wait = resp.headers.get("retry-after")
-            wait_s = float(wait) if wait and wait.replace(".", "", 1).isdigit() else None
-            raise TeacherError(f"http_{code}", resp.text[:200], wait_s=wait_s)
-        if code >= 400:
-            raise TeacherError(f"http_{code}", resp.text[:200], retry=False)
-        try:
-            data = resp.json()
-        except ValueError:
-            raise TeacherError("malformed_response", "body is not JSON") from None
-        return parse_completion(data, task, keys)
-
-    def _one(self, client, item: TaskItem, first: Pass | None) -> Generated:
+    def _one(self, work: tuple[TaskItem, Pass | None]) -> Generated:
+        item, first = work
         try:
             messages, keys = self._messages(item, first)
         except TeacherError as e:
             return Generated(item, self.name, why=e.why, detail=e.detail)
         except Exception as e:  # an unreadable cache entry must not stop the others
             return Generated(item, self.name, why="frames_unreadable", detail=f"{type(e).__name__}: {e}"[:300])
-        body = self._body(item, messages, keys)
-        key = request_key(self.url, body)
-        hit = self.cache.get(key)
-        if hit is not None:
-            try:
-                fields = validate_reply(json.loads(hit["content"]) if "content" in hit else None, item.task, keys)
-                self._count("cache_hits")
-                return Generated(item, self.name, parts=self._parts(item, fields, first), cached=True)
-            except (TeacherError, json.JSONDecodeError, TypeError):
-                log.warning("%s: cached reply no longer validates; asking again", item.sample_id)
-        err: TeacherError | None = None
-        attempts = 0
-        for attempt in range(self.cfg.max_retries + 1):
-            attempts = attempt + 1
-            if attempt:
-                self._count("retries")
-            try:
-                fields, content = self._post(client, body, item.task, keys)
-            except TeacherError as e:
-                err = e
-                if not e.retry or attempt == self.cfg.max_retries:
-                    break
-                wait = self.cfg.backoff_s * 2**attempt if e.wait_s is None else e.wait_s
-                log.debug("%s: %s (attempt %d), retrying in %.2f s", item.sample_id, e.why, attempts, wait)
-                time.sleep(min(wait, self.cfg.max_backoff_s))
-                continue
-            fields_json = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
-            self.cache.put(key, {"key": key, "model": self.cfg.model, "sample_id": item.sample_id,
-                                 "content": json.dumps(fields_json, ensure_ascii=False), "raw": content})
-            return Generated(item, self.name, parts=self._parts(item, fields, first), attempts=attempts)
-        assert err is not None
-        return Generated(item, self.name, why=err.why, detail=err.detail, attempts=attempts)
+        try:
+            res = self.client.complete(self._body(item, messages, keys), lambda r: parse_reply(r, item.task, keys),
+                                       label=item.sample_id, cache_record={"sample_id": item.sample_id})
+        except ChatError as e:
+            return Generated(item, self.name, why=e.why, detail=e.detail, attempts=e.attempts)
+        return Generated(item, self.name, parts=self._parts(item, res.value, first), attempts=res.attempts, cached=res.cached)
 
     @staticmethod
     def _parts(item: TaskItem, f: dict[str, Any], first: Pass | None) -> TraceParts:
@@ -726,19 +716,7 @@ class OpenAITeacher:
         return TraceParts(first, f["reflection"], final)
 
     def _run(self, work: list[tuple[TaskItem, Pass | None]]) -> Iterator[Generated]:
-        import httpx
-
-        if not work:
-            return
-        limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
-        with httpx.Client(limits=limits) as client, ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            futures = [pool.submit(self._one, client, item, first) for item, first in work]
-            try:
-                for fut in as_completed(futures):
-                    yield fut.result()
-            finally:
-                for f in futures:
-                    f.cancel()
+        return self.client.map(self._one, work)
 
 
 # ----------------------------------------------------------------------------- policy teacher
@@ -769,6 +747,10 @@ def pass_from_output(task: str, text: str, max_words: int, answer_words: int) ->
 class PolicyTeacher:
     """SRPO: the policy's own first pass, reflected on and revised by ``reviser``."""
 
+    # The policy writes first passes on the training splits only: a test-split trace written by the
+    # model under evaluation would put its own test answers into RoCoT.
+    SPLITS: tuple[str, ...] = ("train", "val")
+
     def __init__(self, params: Params, reviser: AnnotationTeacher | OpenAITeacher, model_path: str | Path | None = None):
         self.params = params
         self.reviser = reviser
@@ -780,40 +762,42 @@ class PolicyTeacher:
     def stats(self) -> dict[str, int]:
         return {"policy_first_passes": self.first_pass_count, **getattr(self.reviser, "stats", {})}
 
+    def settings(self):
+        from srvau.modeling.generation import GenerationSettings
+
+        pcfg = self.params.cot.policy
+        return GenerationSettings(max_new_tokens=pcfg.max_new_tokens, temperature=pcfg.temperature, seed=self.params.seed, top_p=pcfg.top_p)
+
     def first_passes(self, items: Sequence[TaskItem]) -> list[Pass | None]:
-        """Greedy first passes, batched; None where the item has no cached frames."""
+        """First passes, batched; None where the item has no cached frames. Test-split items are refused."""
         from tqdm import tqdm
 
-        from srvau.cot.prompts import system_prompt
-        from srvau.evaluation.inference import GenerationSettings, generate_batch, generation_kwargs
+        from srvau.contract.prompts import system_prompt
         from srvau.modeling import load_model, load_processor
-        from srvau.modeling.inputs import user_message
-        from srvau.video.cache import load_frames
+        from srvau.modeling.generation import chat_text, generate, inference_device_map
 
+        leaked = sorted({it.split for it in items} - set(self.SPLITS))
+        if leaked:
+            raise ValueError(f"the policy writes first passes for splits {self.SPLITS} only, not {leaked}")
         pcfg, cot = self.params.cot.policy, self.params.cot
-        model = load_model(self.model_path, self.params.model)
-        model.eval()
-        processor = load_processor(self.model_path, self.params.model)
-        gen_kwargs = generation_kwargs(model, processor.tokenizer, GenerationSettings(max_new_tokens=pcfg.max_new_tokens))
         out: list[Pass | None] = [None] * len(items)
         ready = [i for i, it in enumerate(items) if it.frames_path is not None and Path(it.frames_path).is_file()]
-        for b in tqdm(range(0, len(ready), pcfg.batch_size), desc="policy first passes", unit="batch", disable=None):
-            idx = ready[b : b + pcfg.batch_size]
-            texts = [
-                processor.apply_chat_template(
-                    user_message(items[i].prompt, system_prompt(pcfg.prompt_style, items[i].task)),
-                    add_generation_prompt=True, tokenize=False,
-                )
-                for i in idx
-            ]
-            clips = [load_frames(items[i].frames_path) for i in idx]
-            for i, gen in zip(idx, generate_batch(model, processor, texts, clips, gen_kwargs)):
-                out[i] = pass_from_output(items[i].task, gen.text, cot.think_max_words, cot.answer_max_words)
-                self.first_pass_count += 1
+        if not ready:
+            return out
+        model = load_model(self.model_path, self.params.model, device_map=inference_device_map()).eval()
+        processor = load_processor(self.model_path, self.params.model)
+        texts = [chat_text(processor, items[i].prompt, system_prompt(pcfg.prompt_style, items[i].task)) for i in ready]
+        with tqdm(total=len(ready), desc="policy first passes", unit="prompt", disable=None) as bar:
+            gens = generate(model, processor, texts, [items[i].frames_path for i in ready], self.settings(), pcfg.batch_size, on_batch=bar.update)
+        for i, gen in zip(ready, gens):
+            out[i] = pass_from_output(items[i].task, gen.text, cot.think_max_words, cot.answer_max_words)
+            self.first_pass_count += 1
         return out
 
     def generate(self, items: Iterable[TaskItem]) -> Iterator[Generated]:
         items = list(items)
+        held_out = [it for it in items if it.split not in self.SPLITS]
+        items = [it for it in items if it.split in self.SPLITS]
         firsts = self.first_passes(items)
         for item, first in zip(items, firsts):
             if first is None:
@@ -821,6 +805,7 @@ class PolicyTeacher:
         pairs = [(it, f) for it, f in zip(items, firsts) if f is not None]
         for g in self.reviser.revise(pairs):
             yield replace(g, teacher=self.name)
+        yield from self.reviser.generate(held_out)  # written (and named) by the reviser alone
 
 
 def make_teacher(params: Params, cache_dir: Path | None = None) -> AnnotationTeacher | OpenAITeacher | PolicyTeacher:

@@ -18,12 +18,16 @@ file is ``missing``. Per video (each file once, however many rows use it): strea
 ``frames/<key>.npz`` holds the same sha256 and policy fingerprint the video is *reused* (no probe, no
 decode); otherwise one killable subprocess probes, samples, decodes and writes the cache entry
 (``srvau.video.probe.probe_and_sample``); its failure reason (``zero_byte``, ``unreadable``,
-``truncated``, ``timeout``...) quarantines every row of that video. Last, an anomaly interval
+``truncated``, ``image_not_video``, ``timeout``...) quarantines every row of that video, and so does a
+degenerate video (``too_small``, ``too_few_frames``, ``too_short``: below ``ingest.min_width``,
+``min_height``, ``min_num_frames``, ``min_duration_s``). Last, an anomaly interval
 ending more than ``ingest.interval_slack_s`` past the video's duration is ``interval_past_duration``.
 
 Cache entries not referenced by the new manifest are deleted, so ``out_dir`` is exactly this run's
-output (DVC tracks it as one). The run fails (``IngestResult.failed``, CLI exit 1) only when no
-valid row remains, or with ``strict`` when anything was quarantined.
+output. DVC keeps the frame cache between runs (``persist``) without storing or pushing it, so
+entries from an older layout or policy are re-made here (docs/frame-cache.md). The run fails
+(``IngestResult.failed``, CLI exit 1) only when no valid row remains, or with ``strict`` when
+anything was quarantined.
 """
 
 from __future__ import annotations
@@ -39,17 +43,18 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from srvau.config import Params
-from srvau.data.cli import write_jsonl, write_parquet
+from srvau.config import IngestConfig, Params
+from srvau.data.manifest import MANIFEST_NAME, QUARANTINE_NAME
+from srvau.io import write_jsonl, write_parquet
 from srvau.data.vau_bench import ANNOTATION_COLUMNS, VauBenchFormatError, read_vau_bench
 from srvau.video.cache import cache_filename, is_fresh, read_header
-from srvau.video.probe import ProbeError, VideoInfo, precheck, probe_and_sample, sha256_file
+from srvau.io import sha256_file
+from srvau.video.probe import ProbeError, VideoInfo, precheck, probe_and_sample
 from srvau.video.sampling import policy_fingerprint
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.parquet"
-QUARANTINE = "quarantine.jsonl"
+MANIFEST, QUARANTINE = MANIFEST_NAME, QUARANTINE_NAME
 FRAMES_DIR = "frames"
 VIDEO_COLUMNS = (
     "path",
@@ -189,11 +194,26 @@ def _process_video(real: Path, rel: str, out_dir: Path, params: Params, fingerpr
     if is_fresh(cache_path, sha, fingerprint):
         h = read_header(cache_path)
         _, fh, fw, _ = h["frame_shape"]
-        return VideoRecord(VideoInfo(**h["info"]), frames_rel, h["n_frames"], fh, fw, h["backend"], decoded=False)
-    res = probe_and_sample(real, params.video, cache_path, sha256=sha)
-    if res.fallback_reason:
-        log.warning("%s: decoded with PyAV (%s)", rel, res.fallback_reason)
-    return VideoRecord(res.info, frames_rel, res.frames, res.height, res.width, res.backend, decoded=True)
+        rec = VideoRecord(VideoInfo(**h["info"]), frames_rel, h["n_frames"], fh, fw, h["backend"], decoded=False)
+    else:
+        res = probe_and_sample(real, params.video, cache_path, sha256=sha)
+        if res.fallback_reason:
+            log.warning("%s: decoded with PyAV (%s)", rel, res.fallback_reason)
+        rec = VideoRecord(res.info, frames_rel, res.frames, res.height, res.width, res.backend, decoded=True)
+    check_not_degenerate(rec.info, params.ingest)  # on reuse too: the thresholds may have changed
+    return rec
+
+
+def check_not_degenerate(info: VideoInfo, cfg: IngestConfig) -> None:
+    """ProbeError (too_small, too_few_frames, too_short) for a video the thresholds in ``ingest`` refuse."""
+    if info.width < cfg.min_width or info.height < cfg.min_height:
+        raise ProbeError("too_small", f"{info.width}x{info.height} px, below ingest.min_width x min_height "
+                                      f"= {cfg.min_width}x{cfg.min_height}")
+    if info.num_frames < cfg.min_num_frames:
+        raise ProbeError("too_few_frames",
+                         f"{info.num_frames} frame(s), below ingest.min_num_frames = {cfg.min_num_frames}")
+    if info.duration_s < cfg.min_duration_s:
+        raise ProbeError("too_short", f"{info.duration_s:.3f} s, below ingest.min_duration_s = {cfg.min_duration_s:g}")
 
 
 def ingest(
@@ -264,7 +284,7 @@ def ingest(
     quarantine.sort(key=lambda q: (order.get(q["source"], len(order)), q["line"] or 0))  # input order
     manifest_path, quarantine_path = out_dir / MANIFEST, out_dir / QUARANTINE
     write_parquet(manifest, manifest_path)
-    write_jsonl(quarantine, quarantine_path)
+    write_jsonl(quarantine_path, quarantine)
     _prune_cache(out_dir, set(manifest["frames_path"]))
 
     reasons = dict(sorted(Counter(q["why"] for q in quarantine).items()))

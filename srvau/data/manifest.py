@@ -7,13 +7,13 @@ way, with the same message, everywhere.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import pandas as pd
 
 MANIFEST_NAME = "manifest.parquet"
+QUARANTINE_NAME = "quarantine.jsonl"  # inputs ingestion rejected, one JSON object per line, next to the manifest
 
 
 class ManifestError(ValueError):
@@ -42,12 +42,3 @@ def read_manifest(path: str | Path, required: Iterable[str] = (), split: str | N
     if df.empty:
         raise ManifestError(f"manifest {path} has no rows")
     return df
-
-
-def optional_float(value: Any) -> float | None:
-    """A manifest/RoCoT number as float, or None for missing, NaN or non-numeric values."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f

@@ -6,6 +6,15 @@ shape and motion so that a tiny model can tell them apart from a handful of fram
 visible frame by frame. The CSVs use exactly VAU-Bench's columns and conventions (``0,0`` = normal
 video, letter in ``Correct Option``), so the same importer reads demo and real data.
 
+Reflection needs something to find: a share of the clips (``synth.decoy_share``) also shows a *decoy*,
+another class's look for a moment (``synth.decoy_s``) before the real event (or anywhere in a normal
+clip). A first glance that takes the decoy for the event is wrong for a reason visible in the video,
+and a second look over the whole clip fixes it. The annotation records the decoy in its ``Reasoning``
+text as a ``### Misleading Cue: ...`` part (what, when, which class it resembles), so the annotation
+teacher can write the mistaken first pass that this cue causes (docs/contracts.md).
+
+Correct letters are balanced within each split (A-D in turn, then shuffled), so no letter prior pays.
+
 Deterministic: the same seed and settings give the same CSVs and the same mp4 bytes (x264 runs with
 one thread).
 """
@@ -21,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from srvau.config import SynthConfig
-from srvau.data.classes import NORMAL, canonical_class
+from srvau.contract.vocab import LETTERS, NORMAL, canonical_class
 from srvau.data.vau_bench import VAU_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -99,6 +108,10 @@ class Clip:
     end_s: float
     ped_y: float = 0.35  # pedestrian's row (fraction of height): varies so no two clips are identical
     ped_speed: float = 1.0  # share of the width walked during the clip
+    letter: str = "A"  # where the correct option goes (balanced per split)
+    decoy: str | None = None  # class whose look flashes up briefly (a misleading cue)
+    decoy_start_s: float = 0.0
+    decoy_end_s: float = 0.0
 
 
 def _disc(img: np.ndarray, cy: float, cx: float, r: float, color) -> None:
@@ -123,29 +136,37 @@ def render_frame(clip: Clip, t: float, h: int, w: int, rng: np.random.Generator,
     px = (t / duration) * clip.ped_speed * (w - 0.1 * w)
     py = clip.ped_y * h
     _rect(img, py, px, py + 0.1 * h, px + 0.08 * w, PEDESTRIAN)
-    if clip.cls == NORMAL or not clip.start_s <= t < clip.end_s:
-        return img
-    u = (t - clip.start_s) / max(clip.end_s - clip.start_s, 1e-6)  # progress through the event
-    st = STYLES[clip.cls]
-    if clip.cls == "Fire":
+    if clip.decoy is not None and clip.decoy_start_s <= t < clip.decoy_end_s:
+        u = (t - clip.decoy_start_s) / max(clip.decoy_end_s - clip.decoy_start_s, 1e-6)
+        _draw_event(img, clip.decoy, u, t, px, py, rng)
+    if clip.cls != NORMAL and clip.start_s <= t < clip.end_s:
+        u = (t - clip.start_s) / max(clip.end_s - clip.start_s, 1e-6)  # progress through the event
+        _draw_event(img, clip.cls, u, t, px, py, rng)
+    return img
+
+
+def _draw_event(img: np.ndarray, cls: str, u: float, t: float, px: float, py: float, rng: np.random.Generator) -> None:
+    """Draw class ``cls``'s look at progress ``u`` in [0, 1) of its event."""
+    h, w, _ = img.shape
+    st = STYLES[cls]
+    if cls == "Fire":
         for k in range(3):
             flick = 0.12 * h * (1 + 0.5 * rng.random())
             _disc(img, 0.9 * h, (0.25 + 0.25 * k) * w, flick, st.color)
-    elif clip.cls == "Explosion":
+    elif cls == "Explosion":
         _disc(img, 0.5 * h, 0.5 * w, (0.1 + 0.35 * u) * min(h, w), st.color)
-    elif clip.cls == "Fighting":
+    elif cls == "Fighting":
         off = 0.08 * w * (1 + np.sin(t * 12.0))
         _rect(img, 0.3 * h, 0.32 * w - off, 0.6 * h, 0.45 * w - off, st.color)
         _rect(img, 0.3 * h, 0.55 * w + off, 0.6 * h, 0.68 * w + off, st.color)
-    elif clip.cls == "Traffic_accident":
+    elif cls == "Traffic_accident":
         gap = 0.3 * w * max(0.0, 1 - 2 * u)
         _rect(img, 0.6 * h, 0.2 * w - 0.15 * w + (0.3 * w - gap) / 2, 0.75 * h, 0.45 * w - gap / 2, st.color)
         _rect(img, 0.6 * h, 0.55 * w + gap / 2, 0.75 * h, 0.95 * w - (0.3 * w - gap) / 2, st.color)
-    elif clip.cls == "Water_incident":
+    elif cls == "Water_incident":
         _rect(img, (1 - (0.2 + 0.4 * u)) * h, 0, h, w, st.color)
-    elif clip.cls == "Robbery":
+    elif cls == "Robbery":
         _rect(img, py - 0.02 * h, px - 0.12 * w + 0.1 * w * u, py + 0.12 * h, px - 0.02 * w + 0.1 * w * u, st.color)
-    return img
 
 
 def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
@@ -157,8 +178,10 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
-        # one thread: deterministic bytes; crf 18: colours survive compression
-        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        # crf 18: colours survive compression. Deterministic bytes need one thread AND x264's plain C
+        # paths: with its SIMD paths (asm) the same frames encoded to different bytes in ~1 of 4 runs
+        # once decord had decoded in the same process (measured; test_synth.test_deterministic_by_seed)
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
         stream.thread_count = 1
         for img in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
@@ -171,25 +194,34 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}"
 
 
+def misleading_cue_text(clip: Clip) -> str:
+    """The ``Reasoning`` part that records a clip's decoy (parsed by the annotation teacher)."""
+    st = STYLES[clip.decoy]
+    return (
+        f"### Misleading Cue: a brief {st.key_object} ({st.evidence}) from {_fmt(clip.decoy_start_s)} s to "
+        f"{_fmt(clip.decoy_end_s)} s looks like {clip.decoy.replace('_', ' ')} but vanishes at once "
+    )
+
+
 def annotation_row(clip: Clip, rng: np.random.Generator, classes: list[str]) -> dict[str, str]:
     """A CSV row in VAU-Bench's columns, consistent with what ``render_frame`` draws."""
+    cue = misleading_cue_text(clip) if clip.decoy is not None else ""
     if clip.cls == NORMAL:
         correct = NORMAL_OPTION
-        distractors = [STYLES[c].option for c in rng.permutation(classes)[:3]]
         question = "What happens in the video?"
         key_object = "pedestrian"
         description = "A pedestrian walks across a quiet road from left to right. No unusual event occurs."
         reasoning = (
             "### Specific Anomaly Type: None ### Key Evidence: ['a white pedestrian walking steadily', "
-            "'no flames, blasts, fights, crashes or water'] ### Conclusion: Everyday activity; the video is normal."
+            f"'no sustained flames, blasts, fights, crashes or water'] {cue}"
+            "### Conclusion: Everyday activity; the video is normal."
         )
         start = end = 0.0
+        pool = [c for c in classes if c != clip.decoy]
+        distractors = [STYLES[c].option for c in rng.permutation(pool)[: 3 - (clip.decoy is not None)]]
     else:
         st = STYLES[clip.cls]
         correct = st.option
-        others = [c for c in classes if c != clip.cls]
-        pool = [STYLES[c].option for c in rng.permutation(others)[:2]] + [NORMAL_OPTION]
-        distractors = pool
         question = "What anomalous event occurs in the video?"
         key_object = st.key_object
         description = (
@@ -198,24 +230,27 @@ def annotation_row(clip: Clip, rng: np.random.Generator, classes: list[str]) -> 
             + st.description[1:]
         )
         reasoning = (
-            f"### Specific Anomaly Type: {clip.cls.replace('_', ' ')} ### Key Evidence: ['{st.evidence}'] "
+            f"### Specific Anomaly Type: {clip.cls.replace('_', ' ')} ### Key Evidence: ['{st.evidence}'] {cue}"
             f"### Detailed Explanation: {st.description} This is not part of normal street activity. "
             f"### Conclusion: The video shows {clip.cls.replace('_', ' ').lower()} between "
             f"{_fmt(clip.start_s)} s and {_fmt(clip.end_s)} s."
         )
         start, end = clip.start_s, clip.end_s
-    options = [correct] + distractors
-    order = rng.permutation(4)
-    shuffled = [options[i] for i in order]
-    letter = "ABCD"[int(np.where(order == 0)[0][0])]
+        pool = [c for c in classes if c not in (clip.cls, clip.decoy)]
+        distractors = [STYLES[c].option for c in rng.permutation(pool)[: 2 - (clip.decoy is not None)]] + [NORMAL_OPTION]
+    if clip.decoy is not None:
+        distractors.append(STYLES[clip.decoy].option)  # the option a first glance at the decoy picks
+    distractors = [distractors[i] for i in rng.permutation(len(distractors))]
+    k = LETTERS.index(clip.letter)
+    options = distractors[:k] + [correct] + distractors[k:]
     return {
         "Video Name": clip.name,
         "Question": question,
-        "Option 1": shuffled[0],
-        "Option 2": shuffled[1],
-        "Option 3": shuffled[2],
-        "Option 4": shuffled[3],
-        "Correct Option": letter,
+        "Option 1": options[0],
+        "Option 2": options[1],
+        "Option 3": options[2],
+        "Option 4": options[3],
+        "Correct Option": clip.letter,
         "Key Object": key_object,
         "Description": description,
         "Reasoning": reasoning,
@@ -226,6 +261,9 @@ def annotation_row(clip: Clip, rng: np.random.Generator, classes: list[str]) -> 
 
 
 def plan_clips(cfg: SynthConfig, seed: int) -> list[Clip]:
+    """Clips per split: classes balanced, correct letters balanced (A-D in turn, shuffled), a share with a
+    decoy. A decoy is another class's look for ``decoy_s`` seconds, before the event with a gap of at
+    least half a second (anywhere in a normal clip), so the two never overlap."""
     rng = np.random.default_rng(seed)
     classes = [canonical_class(c) or c for c in cfg.classes]
     clips: list[Clip] = []
@@ -235,17 +273,27 @@ def plan_clips(cfg: SynthConfig, seed: int) -> list[Clip]:
         # balanced classes: cycle through them, then shuffle within the split
         labels = [NORMAL] * n_normal + [classes[i % len(classes)] for i in range(count - n_normal)]
         labels = [labels[i] for i in rng.permutation(len(labels))]
-        for cls in labels:
+        letters = [LETTERS[i % 4] for i in range(count)]
+        letters = [letters[i] for i in rng.permutation(count)]
+        n_decoy = int(round(count * cfg.decoy_share))
+        decoyed = set(rng.permutation(count)[:n_decoy].tolist())
+        for i, cls in enumerate(labels):
             n += 1
+            decoy, d0, d1 = None, 0.0, 0.0
+            if i in decoyed:
+                decoy = str(rng.choice([c for c in classes if c != cls]))
+                d0 = round(float(rng.uniform(0.3, 1.0)), 1)
+                d1 = round(d0 + cfg.decoy_s, 1)
             if cls == NORMAL:
                 start = end = 0.0
             else:
                 length = rng.uniform(cfg.min_event_s, cfg.max_event_s)
-                start = rng.uniform(0.5, max(0.5, cfg.duration_s - length - 0.5))
+                earliest = d1 + 0.5 if decoy else 0.5
+                start = rng.uniform(earliest, max(earliest, cfg.duration_s - length - 0.5))
                 start = round(start, 1)
                 end = round(min(cfg.duration_s - 0.1, start + length), 1)
             ped_y, ped_speed = round(rng.uniform(0.2, 0.4), 3), round(rng.uniform(0.5, 1.0), 3)
-            clips.append(Clip(f"{PREFIX}{n:04d}.mp4", split, cls, start, end, ped_y, ped_speed))
+            clips.append(Clip(f"{PREFIX}{n:04d}.mp4", split, cls, start, end, ped_y, ped_speed, letters[i], decoy, d0, d1))
     return clips
 
 

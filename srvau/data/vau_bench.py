@@ -1,4 +1,4 @@
-"""Read and normalise a VAU-Bench annotation CSV (DESIGN 4.1) into the manifest's annotation columns (4.2).
+"""Read and normalise a VAU-Bench annotation CSV into the manifest's annotation columns (docs/contracts.md).
 
 The importer works on annotations alone (the videos are joined later by ingestion). Every CSV record
 either becomes one row of :attr:`ImportResult.rows` or one entry of :attr:`ImportResult.rejected`
@@ -21,7 +21,7 @@ Normalisation rules (the quirks found in VAU-R1's published files):
 * QA fields of ``-1`` (or blank): when *all* of question, four options and correct option are
   missing the row is kept with ``has_qa=False`` (test_ucf_crime.csv has such rows, whose key
   object, description, reasoning and class are ``-1`` as well). A partly missing QA block is rejected.
-* ``Anomaly Class`` resolves through :func:`srvau.data.classes.canonical_class` (case-insensitive,
+* ``Anomaly Class`` resolves through :func:`srvau.contract.vocab.canonical_class` (case-insensitive,
   space == underscore). ``-1``/blank -> ``None`` (class unavailable, row kept); any other unknown
   name is rejected. A class/interval disagreement (``Normal`` with an anomaly interval, an anomaly
   class with ``0,0``) is kept as written and logged as a warning.
@@ -52,7 +52,7 @@ from typing import Any
 
 import pandas as pd
 
-from srvau.data.classes import CLASSES, NORMAL, canonical_class
+from srvau.contract.vocab import CLASSES, INTERVAL_KINDS, LETTERS, NORMAL, canonical_class, optional_text
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ VAU_COLUMNS: tuple[str, ...] = (
 )
 QA_COLUMNS = ("Question", "Option 1", "Option 2", "Option 3", "Option 4", "Correct Option")
 
-#: Manifest annotation columns (DESIGN 4.2), in order.
+#: Manifest annotation columns (docs/contracts.md), in order.
 ANNOTATION_COLUMNS: tuple[str, ...] = (
     "video_name",
     "video_id",
@@ -102,10 +102,7 @@ DATASET_PREFIXES: dict[str, str] = {"ucf_": "ucf", "ecva_": "ecva", "msad_": "ms
 DATASETS: tuple[str, ...] = ("msad", "ucf", "ecva", "demo")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-INTERVAL_KINDS: tuple[str, ...] = ("anomaly", "normal", "unavailable")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg")
-LETTERS = "ABCD"
-_MISSING = {"", "-1", "-1.0"}
 # Reasoning cells run to a few KB; the csv default cap (128 KiB) is too tight for safety, not for data.
 _FIELD_LIMIT = 16 * 1024 * 1024
 
@@ -133,15 +130,6 @@ class _Reject(Exception):
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def _is_missing(value: str | None) -> bool:
-    return value is None or value.strip() in _MISSING
-
-
-def _text(value: str | None) -> str | None:
-    """Cell text, or None when missing (blank or the benchmark's ``-1``)."""
-    return None if _is_missing(value) else value.strip()
 
 
 def _tokens(path: Path) -> list[str]:
@@ -286,7 +274,7 @@ def _parse_record(rec: dict[str, str], dataset_arg: str, file_dataset: str | Non
         start = end = float("nan")
 
     # class
-    raw_class = _text(rec["Anomaly Class"])
+    raw_class = optional_text(rec["Anomaly Class"])
     anomaly_class = None
     if raw_class is not None:
         anomaly_class = canonical_class(raw_class)
@@ -294,7 +282,7 @@ def _parse_record(rec: dict[str, str], dataset_arg: str, file_dataset: str | Non
             raise _Reject("unknown_class", f"Anomaly Class {raw_class!r} is not one of the 20 VAU-Bench classes")
 
     # QA block
-    qa = {c: _text(rec[c]) for c in QA_COLUMNS}
+    qa = {c: optional_text(rec[c]) for c in QA_COLUMNS}
     present = [c for c, v in qa.items() if v is not None]
     correct, normalised = None, False
     if present and len(present) < len(QA_COLUMNS):
@@ -317,9 +305,9 @@ def _parse_record(rec: dict[str, str], dataset_arg: str, file_dataset: str | Non
         "correct_option": correct,
         "has_qa": has_qa,
         "option_normalised": normalised,
-        "key_object": _text(rec["Key Object"]),
-        "description": _text(rec["Description"]),
-        "reasoning": _text(rec["Reasoning"]),
+        "key_object": optional_text(rec["Key Object"]),
+        "description": optional_text(rec["Description"]),
+        "reasoning": optional_text(rec["Reasoning"]),
         "anomaly_class": anomaly_class,
         "start_s": float(start),
         "end_s": float(end),

@@ -11,22 +11,21 @@ How it departs from VAU-R1's evaluation scripts, and why:
   out-of-memory batch shows up at once rather than at the end. Records come back in manifest order.
 * Frames come from the frame cache (``srvau.video.cache.load_frames``): the model sees exactly
   the frames it was trained on. VAU-R1 evaluated with a different frame/pixel budget than it trained.
-* Generation settings are explicit (greedy unless ``evaluate.temperature > 0``, no repetition
-  penalty) rather than inherited from the checkpoint's ``generation_config.json``: Qwen2.5-VL's Hub
-  config samples with ``repetition_penalty=1.05``, which would make the numbers depend on the file.
-* Vision placeholder ids are suppressed: an untrained model emits them and the next forward fails.
+* Generation is ``srvau.modeling.generation`` (shared with the policy teacher and the registered
+  model): explicit settings (greedy unless ``evaluate.temperature > 0``, no repetition penalty), never
+  the checkpoint's ``generation_config.json`` (Qwen2.5-VL's Hub file samples with
+  ``repetition_penalty=1.05``), and vision placeholder ids suppressed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,25 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from srvau.cot.format import extract_class, extract_interval, extract_letter, parse_trace, pass_text
-from srvau.cot.prompts import system_prompt, task_prompt
-from srvau.evaluation.metrics import cls_correct, qa_correct, tag_iou
-from srvau.data.manifest import ManifestError, optional_float
+from srvau.contract import scoring as S
+from srvau.contract.prompts import system_prompt, task_prompt
+from srvau.contract.trace import extract_class, extract_interval, extract_letter, parse_trace, pass_text
+from srvau.contract.truth import truth_of
+from srvau.contract.vocab import STYLES, TASKS, optional_text
+from srvau.data.manifest import ManifestError
+from srvau.io import write_jsonl
 from srvau.data.manifest import read_manifest as read_manifest_file
+from srvau.modeling.generation import (  # the one generation path; re-exported for the evaluate stage
+    Generation,
+    GenerationSettings,
+    chat_text,
+    generate_batch,
+    generation_kwargs,
+    seed_sampling,
+)
 
 log = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("qa", "grounding", "classification", "description")
-STYLES: tuple[str, ...] = ("reflect", "think", "direct")
-METRIC_TASK = {"qa": "qa", "grounding": "tag", "classification": "cls"}  # metrics.py's task names
 
 
 # ----------------------------------------------------------------------------- samples
@@ -78,51 +85,14 @@ _TASK_COLUMNS = {
 }
 
 
-def _missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    return isinstance(v, str) and v.strip() in ("", "-1")
-
-
-def _opt_str(v: Any) -> str | None:
-    return None if _missing(v) else str(v)
-
-
 def ground_truth(task: str, row: dict[str, Any]) -> dict[str, Any] | None:
-    """The task's ground truth for a manifest row, or None when the row does not count for the task.
-
-    Which rows count follows DESIGN 6: QA needs a question; grounding needs an *anomaly* interval
-    (``0,0`` normal and ``-1,-1`` unavailable rows are excluded, as VAU-R1 excludes them);
-    classification needs a class; description needs a reference description.
-    """
-    common = {"anomaly_class": _opt_str(row.get("anomaly_class")), "interval_kind": row.get("interval_kind")}
-    if task == "qa":
-        letter = _opt_str(row.get("correct_option"))
-        if not bool(row.get("has_qa", True)) or letter is None or _missing(row.get("question")):
-            return None
-        return {**common, "answer": letter.strip().upper()}
-    if task == "grounding":
-        s, e = optional_float(row.get("start_s")), optional_float(row.get("end_s"))
-        if row.get("interval_kind") != "anomaly" or s is None or e is None or e <= s:
-            return None
-        return {**common, "answer": "Anomaly", "start_s": s, "end_s": e}
-    if task == "classification":
-        if common["anomaly_class"] is None:
-            return None
-        return {**common, "answer": common["anomaly_class"]}
-    if task == "description":
-        desc = _opt_str(row.get("description"))
-        if desc is None:
-            return None
-        return {
-            **common,
-            "answer": desc,
-            "reasoning": _opt_str(row.get("reasoning")),
-            "key_object": _opt_str(row.get("key_object")),
-        }
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    """The task's ground truth for a manifest row as stored with each prediction, or None when the row is
+    not scored for the task: :func:`srvau.contract.truth.truth_of`, and grounding on anomaly intervals
+    only (normal and unavailable rows are excluded, as VAU-R1 excludes them)."""
+    truth = truth_of(task, row)
+    if truth is None or not truth.in_grounding_protocol:
+        return None
+    return {**truth.as_record(), "interval_kind": optional_text(row.get("interval_kind"))}
 
 
 def _vision_tokens(row: dict[str, Any], video_cfg) -> int:
@@ -174,7 +144,7 @@ def build_samples(
     samples: list[Sample] = []
     no_frames: list[str] = []
     for row in rows.to_dict("records"):
-        fp = _opt_str(row.get("frames_path"))
+        fp = optional_text(row.get("frames_path"))
         if fp is None:
             no_frames.append(str(row["video_id"]))
             continue
@@ -195,24 +165,6 @@ def build_samples(
 
 
 # ----------------------------------------------------------------------------- generation
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    seed: int = 1234
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
 
 
 class FrameStore:
@@ -240,70 +192,6 @@ class FrameStore:
         return item
 
 
-def chat_text(processor, sample: Sample) -> str:
-    from srvau.modeling.inputs import user_message
-
-    return processor.apply_chat_template(user_message(sample.prompt, sample.system), add_generation_prompt=True, tokenize=False)
-
-
-def generation_kwargs(model, tokenizer, settings: GenerationSettings) -> dict[str, Any]:
-    """Explicit decoding settings (see the module docstring), vision placeholders suppressed."""
-    from transformers import GenerationConfig
-
-    from srvau.modeling import vision_token_ids
-
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
-    sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": 1.0, "top_k": 0}
-    cfg = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=not settings.greedy,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        suppress_tokens=vision_token_ids(tokenizer),
-        **sampling,
-    )
-    return {"generation_config": cfg}
-
-
-def _eos_ids(gen_kwargs: dict[str, Any]) -> set[int]:
-    eos = gen_kwargs["generation_config"].eos_token_id
-    return set(eos if isinstance(eos, list) else [eos]) - {None}
-
-
-def _trim(ids: list[int], eos: set[int]) -> list[int]:
-    """Tokens up to and including the first end-of-sequence (a batch pads finished rows after it)."""
-    for i, t in enumerate(ids):
-        if t in eos:
-            return ids[: i + 1]
-    return ids
-
-
-def generate_batch(model, processor, texts: Sequence[str], clips: Sequence[tuple[np.ndarray, dict]], gen_kwargs: dict) -> list[Generation]:
-    """One left-padded ``generate()`` over several (prompt, video) pairs."""
-    import torch
-
-    from srvau.modeling.inputs import processor_inputs
-
-    inputs = processor_inputs(processor, texts, [c[0] for c in clips], [c[1] for c in clips], padding_side="left")
-    inputs = inputs.to(model.device)
-    if "pixel_values_videos" in inputs:
-        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
-    width = inputs["input_ids"].shape[1]
-    with torch.inference_mode():
-        out = model.generate(**inputs, **gen_kwargs)
-    eos = _eos_ids(gen_kwargs)
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
-    gens = []
-    for row, n_prompt in zip(out[:, width:].tolist(), lengths):
-        ids = _trim(row, eos)
-        text = processor.tokenizer.decode(ids, skip_special_tokens=True)
-        gens.append(Generation(text=text, token_ids=ids, prompt_tokens=int(n_prompt)))
-    return gens
-
-
 def length_order(samples: Sequence[Sample], text_lengths: Sequence[int]) -> list[int]:
     """Indices of ``samples``, longest estimated prompt first; ties keep videos together."""
     return sorted(range(len(samples)), key=lambda i: (-(samples[i].est_vision_tokens + text_lengths[i]), samples[i].frames_path, i))
@@ -318,7 +206,7 @@ def batches(order: Sequence[int], batch_size: int) -> Iterator[list[int]]:
 
 
 def parse_answers(task: str, output: str) -> tuple[Any, Any]:
-    """(first, final) parsed answers by the evaluation parsers (srvau.cot.format)."""
+    """(first, final) parsed answers by the evaluation's (VAU-R1's) parsers."""
     if task == "qa":
         return extract_letter(output, "first"), extract_letter(output, "final")
     if task == "grounding":
@@ -334,16 +222,20 @@ def parse_answers(task: str, output: str) -> tuple[Any, Any]:
 
 
 def score_answers(task: str, output: str, truth: dict[str, Any]) -> dict[str, Any]:
-    """Per-sample correctness of the first and final answers (metrics.py's rules)."""
+    """Per-sample correctness of the first and final answers (the contract's lenient, VAU-R1 rules)."""
     if task == "qa":
-        return {"first_correct": qa_correct(output, truth["answer"], "first"), "final_correct": qa_correct(output, truth["answer"], "final")}
+        return {
+            "first_correct": S.lenient_qa_correct(output, truth["answer"], "first"),
+            "final_correct": S.lenient_qa_correct(output, truth["answer"], "final"),
+        }
     if task == "grounding":
         gt = (truth["start_s"], truth["end_s"])
-        a, b = tag_iou(output, gt, "first"), tag_iou(output, gt, "final")
-        return {"iou_first": a, "iou_final": b}
+        return {"iou_first": S.lenient_iou(output, gt, "first"), "iou_final": S.lenient_iou(output, gt, "final")}
     if task == "classification":
-        (fb, fm), (lb, lm) = cls_correct(output, truth["answer"], "first"), cls_correct(output, truth["answer"], "final")
+        (fb, fm), (lb, lm) = S.lenient_cls_correct(output, truth["answer"], "first"), S.lenient_cls_correct(output, truth["answer"], "final")
         return {"first_correct": fm, "final_correct": lm, "first_binary_correct": fb, "final_binary_correct": lb}
+    if task == "description":
+        return {"keyword_recall": S.keyword_recall(parse_answers(task, output)[1], truth["answer"])}
     return {}
 
 
@@ -361,6 +253,7 @@ def make_record(sample: Sample, gen: Generation, model_label: str) -> dict[str, 
         "first_answer": first,
         "final_answer": final,
         **score_answers(sample.task, gen.text, sample.truth),
+        "well_formed": S.well_formed(tr, sample.style, sample.task),
         "reflective": tr.reflective,
         "single_pass": tr.single_pass,
         "truth": sample.truth,
@@ -386,6 +279,31 @@ class InferenceStats:
         return d
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of a multi-process launch (``accelerate launch``, torchrun), else (0, 1).
+
+    Several processes join accelerate's process group (gloo on CPU, NCCL on GPUs) once; a plain
+    single process never initialises one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def run_inference(
     model,
     processor,
@@ -401,29 +319,35 @@ def run_inference(
 
     With ``out_jsonl`` every finished batch is appended to ``<out_jsonl>.partial`` at once (a crash
     keeps what was generated), and the file is renamed to ``out_jsonl``, in sample order, at the end.
-    """
-    import torch
 
+    Under a multi-process launch (:func:`process_group`) the batches are dealt to the ranks (batch i to
+    rank i mod N) and every rank gets all the records back. The batches are those of a one-process run,
+    so greedy outputs equal it; each rank keeps its own ``.partial`` file and only rank 0 writes
+    ``out_jsonl``.
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    rank, world = process_group()
     gen_kwargs = generation_kwargs(model, processor.tokenizer, settings)
-    if not settings.greedy:
-        torch.manual_seed(settings.seed)
-    texts = [chat_text(processor, s) for s in samples]
+    seed_sampling(settings)
+    texts = [chat_text(processor, s.prompt, s.system) for s in samples]
     lengths = [len(processor.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts] if sort_by_length else [0] * len(texts)
     order = length_order(samples, lengths) if sort_by_length else list(range(len(samples)))
+    mine = list(batches(order, batch_size))[rank::world]
     store = FrameStore(capacity=max(4 * batch_size, 16))
     records: list[dict[str, Any] | None] = [None] * len(samples)
     stats = InferenceStats(samples=len(samples), videos=len({s.video_id for s in samples}))
-    partial = out_jsonl.with_name(out_jsonl.name + ".partial") if out_jsonl else None
+    suffix = ".partial" if world == 1 else f".rank{rank}.partial"
+    partial = out_jsonl.with_name(out_jsonl.name + suffix) if out_jsonl else None
     if partial:
         partial.parent.mkdir(parents=True, exist_ok=True)
     sink = open(partial, "w") if partial else None
     padded = total = 0
     t0 = time.perf_counter()
     try:
-        bar = tqdm(total=len(samples), desc=f"evaluate {model_label}", unit="prompt", file=sys.stderr, disable=not progress)
-        for idx in batches(order, batch_size):
+        bar = tqdm(total=sum(map(len, mine)), desc=f"evaluate {model_label}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+                   unit="prompt", file=sys.stderr, disable=not progress or rank != 0)
+        for idx in mine:
             clips = [store.get(samples[i].frames_path) for i in idx]
             gens = generate_batch(model, processor, [texts[i] for i in idx], clips, gen_kwargs)
             width = max(g.prompt_tokens for g in gens)
@@ -442,34 +366,25 @@ def run_inference(
     finally:
         if sink:
             sink.close()
-    stats.seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if world > 1:
+        # everything back to every rank: the records by sample index, the counters summed
+        parts = _gather(([(i, r) for i, r in enumerate(records) if r is not None],
+                         (seconds, stats.batches, stats.new_tokens, padded, total)), world)
+        for pairs, _ in parts:
+            for i, r in pairs:
+                records[i] = r
+        seconds = max(c[0] for _, c in parts)  # wall time of the slowest rank
+        stats.batches, stats.new_tokens, padded, total = (sum(c[k] for _, c in parts) for k in range(1, 5))
+        stats.extra["processes"] = world
+        stats.extra["batches_per_process"] = [c[1] for _, c in parts]
+    stats.seconds = seconds
     stats.padding_share = padded / total if total else 0.0
     done = [r for r in records if r is not None]
     if out_jsonl:
-        write_jsonl(out_jsonl, done)
+        if rank == 0:
+            write_jsonl(out_jsonl, done)
         partial.unlink(missing_ok=True)
     return done, stats
 
 
-def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
-    """Atomic JSONL write (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not JSON: {e}") from None
-    return out

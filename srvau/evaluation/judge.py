@@ -1,6 +1,6 @@
 """VAU-Eval: an LLM judge scores a model's anomaly description + analysis against the ground truth.
 
-Protocol (DESIGN 6, after VAU-R1's VAU-Eval): the judge reads the reference (class, key objects,
+Protocol (docs/evaluation.md, after VAU-R1's VAU-Eval): the judge reads the reference (class, key objects,
 description, analysis) and the model's answer and returns JSON with five integer scores 0-10:
 ``classification`` (is the anomaly type right), ``key_objects`` (key objects and actions),
 ``fluency``, ``informativeness`` and ``factual_consistency``. Any OpenAI-compatible chat-completions
@@ -12,17 +12,17 @@ accepted only when it parses as a JSON object holding all five dimensions as num
 (a fenced ```json block is accepted); anything else is retried and, when retries run out, stored
 as an invalid verdict and left out of the means (counted in ``n_invalid``), never guessed at.
 
-Transport: httpx with a per-request timeout; timeouts, connection errors, 429 and 5xx are retried
-with exponential backoff (``Retry-After`` honoured, capped); other 4xx (bad key, unknown model) stop
-the stage at once, since every later request would fail the same way. The API key is read only from
-the environment variable named by ``judge.api_key_env`` and is never logged or stored.
+Transport: ``srvau.chat.ChatClient`` (a total deadline per request, retries with capped backoff
+honouring ``Retry-After``, ``judge.concurrency`` verdicts requested at once, the API key from the
+variable named by ``judge.api_key_env`` only, never logged or stored). An endpoint that refuses (bad
+key, unknown model: a 4xx) or stays unreachable through every retry stops the stage with a
+:class:`JudgeError`, since every later request would fail the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -34,15 +34,14 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from srvau.chat import ChatClient, ChatError, Reply
 from srvau.config import JudgeConfig
-from srvau.cot.format import pass_text
+from srvau.contract.trace import pass_text
 
 log = logging.getLogger(__name__)
 
 DIMENSIONS: tuple[str, ...] = ("classification", "key_objects", "fluency", "informativeness", "factual_consistency")
 MAX_SCORE = 10.0
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-_MAX_RETRY_AFTER_S = 60.0
 
 SYSTEM = (
     "You are a strict evaluator of video anomaly understanding. You compare a model's description and "
@@ -146,85 +145,40 @@ class Verdict:
         return sum(self.scores.values()) if self.scores else None
 
 
+def _validated(reply: Reply) -> tuple[dict[str, float], str | None]:
+    """The client's validator: an invalid verdict is a rejected reply, asked again."""
+    try:
+        return parse_verdict(reply.content)
+    except VerdictError as e:
+        raise ChatError("invalid_verdict", str(e)) from None
+
+
 class Judge:
     """One judge endpoint; use as a context manager (closes the HTTP client)."""
 
     def __init__(self, cfg: JudgeConfig, client: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep):
         self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        else:
-            log.warning("judge: no API key in $%s; sending requests without one (fine for a local server)", cfg.api_key_env)
-        self._client = client or httpx.Client(timeout=cfg.timeout_s, headers=headers)
-        if client is not None:
-            client.headers.update(headers)
-        self._sleep = sleep
+        self.chat = ChatClient(cfg, name="judge", http=client, sleep=sleep)
 
     def __enter__(self) -> "Judge":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._client.close()
-
-    def _payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        return {
-            "model": self.cfg.model,
-            "messages": messages,
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
-        }
-
-    def _delay(self, attempt: int, response: httpx.Response | None = None) -> float:
-        if response is not None:
-            try:
-                return min(float(response.headers.get("retry-after", "")), _MAX_RETRY_AFTER_S)
-            except ValueError:
-                pass
-        return self.cfg.backoff_s * (2**attempt)
+        self.chat.close()
 
     def score(self, prediction: str, reference: dict[str, Any]) -> Verdict:
         """One verdict. Raises :class:`JudgeError` when the endpoint refuses or stays unreachable."""
-        payload = self._payload(build_messages(prediction, reference))
         t0 = time.perf_counter()
-        last_error = ""
-        raw: str | None = None
-        attempts = self.cfg.max_retries + 1
-        resp: httpx.Response | None = None
-        for attempt in range(attempts):
-            if attempt:
-                self._sleep(self._delay(attempt - 1, resp))
-            resp = None
-            try:
-                resp = self._client.post(self.url, json=payload, timeout=self.cfg.timeout_s)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                last_error = f"{type(e).__name__}: {e}"
-                log.warning("judge: %s (attempt %d/%d)", last_error, attempt + 1, attempts)
-                continue
-            if resp.status_code in _RETRY_STATUS:
-                last_error = f"HTTP {resp.status_code}"
-                log.warning("judge: %s (attempt %d/%d)", last_error, attempt + 1, attempts)
-                continue
-            if resp.status_code >= 400:
-                raise JudgeError(f"judge endpoint {self.url} answered HTTP {resp.status_code}: {resp.text[:200]}")
-            try:
-                raw = resp.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                last_error = "response is not a chat completion"
-                raw = resp.text[:2000]
-                continue
-            try:
-                scores, rationale = parse_verdict(raw)
-            except VerdictError as e:
-                last_error = f"invalid verdict: {e}"
-                log.warning("judge: %s (attempt %d/%d)", last_error, attempt + 1, attempts)
-                continue
-            return Verdict(True, scores, rationale, raw, None, attempt + 1, time.perf_counter() - t0)
-        if raw is None:
-            raise JudgeError(f"judge endpoint {self.url} failed {attempts} time(s); last error: {last_error}")
-        return Verdict(False, None, None, raw, last_error, attempts, time.perf_counter() - t0)
+        try:
+            res = self.chat.complete(self.chat.body(build_messages(prediction, reference)), _validated)
+        except ChatError as e:
+            if not e.retry:
+                raise JudgeError(f"judge endpoint {self.chat.url} refused the request: {e}") from None
+            if e.reply is None:  # never a reply to judge: the endpoint is unusable
+                raise JudgeError(f"judge endpoint {self.chat.url} failed {e.attempts} time(s); last error: {e}") from None
+            return Verdict(False, None, None, e.reply, str(e), e.attempts, time.perf_counter() - t0)
+        scores, rationale = res.value
+        return Verdict(True, scores, rationale, res.content, None, res.attempts, res.latency_s)
 
 
 def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
@@ -246,16 +200,17 @@ def judge_records(
 ) -> dict[str, Any]:
     """Judge every description record (``task == "description"``, style in ``cfg.styles``).
 
-    Each verdict is appended to ``out_jsonl`` as soon as it arrives, with the judge model and
-    temperature; returns ``{style: summary}`` plus the judge settings.
+    ``cfg.concurrency`` verdicts are requested at once; each is appended to ``out_jsonl`` in record
+    order as soon as it and those before it have arrived, with the judge model and temperature.
+    Returns ``{style: summary}`` plus the judge settings.
     """
     items = [r for r in records if r.get("task") == "description" and r.get("style") in cfg.styles]
     out_jsonl = Path(out_jsonl)
     out_jsonl.parent.mkdir(parents=True, exist_ok=True)
     by_style: dict[str, list[Verdict]] = {}
     with Judge(cfg, client=client, sleep=sleep) as judge, open(out_jsonl, "w") as sink:
-        for r in tqdm(items, desc="judge", unit="answer", file=sys.stderr, disable=not items):
-            v = judge.score(judged_text(r.get("output") or ""), r.get("truth") or {})
+        verdicts = judge.chat.map(lambda r: judge.score(judged_text(r.get("output") or ""), r.get("truth") or {}), items, ordered=True)
+        for r, v in zip(items, tqdm(verdicts, total=len(items), desc="judge", unit="answer", file=sys.stderr, disable=not items)):
             by_style.setdefault(r["style"], []).append(v)
             sink.write(
                 json.dumps(

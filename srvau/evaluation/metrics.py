@@ -1,18 +1,22 @@
-"""Task metrics of the evaluation protocol (DESIGN 6), computed from model outputs and ground truth.
+"""Task metrics of the evaluation protocol (docs/evaluation.md), computed from model outputs and ground truth.
 
-Parsing is :mod:`srvau.cot.format`'s (VAU-R1's rules); this module only scores and aggregates.
-Every percentage is on a 0-100 scale, rounded as VAU-R1 rounds (to 4 decimals of the fraction,
-then x100) and to 2 decimals; with no scored sample it is None.
+Correctness is the contract layer's lenient (VAU-R1) reading (:mod:`srvau.contract.scoring`); this module
+only aggregates. Every percentage is on a 0-100 scale, rounded as VAU-R1 rounds (to 4 decimals of the
+fraction, then x100) and to 2 decimals; with no scored sample it is None. Every proportion carries its
+Wilson 95% interval as ``<metric>_ci95: [low, high]`` (also x100): with tens of test videos a point
+estimate alone says little.
 
 * QA: correct iff the extracted letter equals the (normalised) ``Correct Option``.
 * Grounding (``tag``): IoU of the extracted interval with an *anomaly* ground-truth interval (callers
-  exclude ``0,0`` and ``-1,-1`` rows); mIoU and R@0.3/0.5/0.7 (% with IoU >= k).
+  exclude ``0,0`` and ``-1,-1`` rows); mIoU (with a normal-approximation 95% interval) and
+  R@0.3/0.5/0.7 (% with IoU >= k).
 * Classification (``cls``): binary accuracy (Normal vs any anomaly) and 20-way accuracy; no class
   found in the output is wrong for both.
-* Reflection: for (first, final) answers of the same outputs, the share of wrong->right,
-  right->wrong, right->right and wrong->wrong, and for grounding the change of IoU. A grounding
-  answer is "right" when its IoU reaches ``iou_right`` (0.5 by default, the middle recall threshold;
-  our choice, the papers do not define it).
+* Reflection: over the outputs that are well-formed reflection traces only (a truncated or
+  single-pass output has no first/final pair to compare), the share of wrong->right, right->wrong,
+  right->right and wrong->wrong, the first- and final-answer accuracy, and the malformed share beside
+  them. A grounding answer is "right" when its IoU reaches ``iou_right`` (0.5 by default, the middle
+  recall threshold; our choice, the papers do not define it).
 
 ``which="final"`` (the default) scores a reflection trace's final answer; on a VAU-R1 single pass
 the first and final answer are the same text.
@@ -20,14 +24,16 @@ the first and final answer are the same text.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from srvau.cot.format import extract_class, extract_interval, extract_letter, iou, pass_text
-from srvau.data.classes import NORMAL, canonical_class, class_key
+from srvau.contract.scoring import lenient_cls_correct, lenient_iou, lenient_qa_correct, well_formed
+from srvau.contract.vocab import METRIC_TASK
 
 RECALL_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
-TASKS: tuple[str, ...] = ("qa", "tag", "cls")
+TASKS: tuple[str, ...] = tuple(METRIC_TASK.values())  # VAU-R1's names: qa, tag, cls
+Z95 = 1.959964
 
 
 def pct(fraction: float | None) -> float | None:
@@ -41,49 +47,63 @@ def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-# ----------------------------------------------------------------------------- per sample
+def wilson_ci(k: int, n: int, z: float = Z95) -> list[float] | None:
+    """Wilson score interval of a proportion k/n, as ``[low, high]`` percentages; None when n == 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [round(max(0.0, centre - half) * 100, 2), round(min(1.0, centre + half) * 100, 2)]
 
 
-def qa_correct(text: str | None, gt_letter: str, which: str = "final") -> bool:
-    pred = extract_letter(text, which)
-    return pred is not None and pred == str(gt_letter).strip().upper()
+def mean_ci(xs: Sequence[float], z: float = Z95, lo: float = 0.0, hi: float = 1.0) -> list[float] | None:
+    """Normal-approximation 95% interval of a mean in [lo, hi], as percentages; None for fewer than 2 values."""
+    n = len(xs)
+    if n < 2:
+        return None
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return [round(max(lo, m - half) * 100, 2), round(min(hi, m + half) * 100, 2)]
 
 
-def tag_iou(text: str | None, gt: tuple[float, float], which: str = "final") -> float:
-    return iou(extract_interval(text, which), (float(gt[0]), float(gt[1])))
+def mean_metric(key: str, xs: Sequence[float]) -> dict:
+    """``{key: pct of the mean, key_ci95: [low, high]}`` of values in [0, 1]."""
+    xs = list(xs)
+    return {key: pct(_mean(xs)), f"{key}_ci95": mean_ci(xs)}
 
 
-def cls_correct(text: str | None, gt_class: str, which: str = "final") -> tuple[bool, bool]:
-    """(binary correct, 20-way correct); the ground truth may use any spelling of the class."""
-    pred = extract_class(text, which)
-    if pred is None:
-        return False, False
-    gt = canonical_class(gt_class) or str(gt_class)
-    gt_normal = class_key(gt) == class_key(NORMAL)
-    binary = (pred == NORMAL) if gt_normal else (pred != NORMAL)
-    return binary, class_key(pred) == class_key(gt)
+def _rate(key: str, flags: Sequence[bool]) -> dict:
+    """``{key: pct, key_ci95: [low, high]}`` of a list of booleans."""
+    flags = [bool(f) for f in flags]
+    return {key: pct(_mean([float(f) for f in flags])), f"{key}_ci95": wilson_ci(sum(flags), len(flags))}
+
+
+# ----------------------------------------------------------------------------- per sample (VAU-R1's rules)
+
+qa_correct = lenient_qa_correct
+tag_iou = lenient_iou
+cls_correct = lenient_cls_correct
 
 
 # ----------------------------------------------------------------------------- aggregates
 
 
 def accuracy(correct: Sequence[bool]) -> dict:
-    return {"n": len(correct), "accuracy": pct(_mean([float(c) for c in correct]))}
+    return {"n": len(correct), **_rate("accuracy", correct)}
 
 
 def grounding(ious: Sequence[float]) -> dict:
-    out: dict = {"n": len(ious), "miou": pct(_mean(list(ious)))}
+    out: dict = {"n": len(ious), **mean_metric("miou", ious)}
     for k in RECALL_THRESHOLDS:
-        out[f"r@{k}"] = pct(_mean([float(x >= k) for x in ious]))
+        out.update(_rate(f"r@{k}", [x >= k for x in ious]))
     return out
 
 
 def classification(results: Sequence[tuple[bool, bool]]) -> dict:
-    return {
-        "n": len(results),
-        "binary_acc": pct(_mean([float(b) for b, _ in results])),
-        "multi_acc": pct(_mean([float(m) for _, m in results])),
-    }
+    return {"n": len(results), **_rate("binary_acc", [b for b, _ in results]), **_rate("multi_acc", [m for _, m in results])}
 
 
 def qa_metrics(texts: Sequence[str | None], gts: Sequence[str], which: str = "final") -> dict:
@@ -127,14 +147,12 @@ class Transitions:
 
     def as_dict(self) -> dict:
         n = self.n
-        rate = (lambda k: pct(k / n)) if n else (lambda k: None)
-        return {
-            "n": n,
-            "wrong_to_right": rate(self.wrong_to_right),
-            "right_to_wrong": rate(self.right_to_wrong),
-            "right_to_right": rate(self.right_to_right),
-            "wrong_to_wrong": rate(self.wrong_to_wrong),
-        }
+        out: dict = {}
+        for key in ("wrong_to_right", "right_to_wrong", "right_to_right", "wrong_to_wrong"):
+            k = getattr(self, key)
+            out[key] = pct(k / n) if n else None
+            out[f"{key}_ci95"] = wilson_ci(k, n)
+        return out
 
 
 def transitions(first: Sequence[bool], final: Sequence[bool]) -> Transitions:
@@ -148,26 +166,33 @@ def transitions(first: Sequence[bool], final: Sequence[bool]) -> Transitions:
     )
 
 
-def has_reflection(text: str | None) -> bool:
-    return isinstance(text, str) and pass_text(text, "first") != text
+_TASK_NAME = {v: k for k, v in METRIC_TASK.items()}  # tag -> grounding, ...
 
 
 def reflection_metrics(task: str, texts: Sequence[str | None], gts: Sequence, iou_right: float = 0.5) -> dict:
-    """Transition rates (% of all samples) between first and final answers of the same outputs.
+    """First -> final transitions over the well-formed reflection traces among ``texts``.
 
-    ``reflective`` counts outputs that contain a reflection at all (the others have first == final).
-    Grounding adds ``miou_first``, ``miou_final``, ``iou_change`` (mean final - first IoU, x100) and
-    the share of samples whose IoU went up / down.
+    ``n``: all outputs; ``reflective``: well-formed reflection traces (the transitions' denominator);
+    ``malformed_share``: the rest (truncated, single-pass or broken), in %. ``first_accuracy`` and
+    ``final_accuracy`` are over the reflective outputs, so their difference is what reflection changed.
+    Grounding adds ``miou_first``, ``miou_final``, ``iou_change`` (mean final - first IoU, x100) and the
+    share of reflective samples whose IoU went up / down.
     """
     _same_length(texts, gts)
-    out: dict = {"task": task, "reflective": sum(has_reflection(t) for t in texts)}
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    keep = [well_formed(t, "reflect", _TASK_NAME[task]) for t in texts]
+    texts = [t for t, k in zip(texts, keep) if k]
+    gts = [g for g, k in zip(gts, keep) if k]
+    n_all = len(keep)
+    out: dict = {"task": task, "n": n_all, "reflective": len(texts), "malformed_share": pct((n_all - len(texts)) / n_all) if n_all else None}
     if task == "qa":
         first = [qa_correct(t, g, "first") for t, g in zip(texts, gts)]
         final = [qa_correct(t, g, "final") for t, g in zip(texts, gts)]
     elif task == "cls":
         first = [cls_correct(t, g, "first")[1] for t, g in zip(texts, gts)]
         final = [cls_correct(t, g, "final")[1] for t, g in zip(texts, gts)]
-    elif task == "tag":
+    else:
         iou_first = [tag_iou(t, g, "first") for t, g in zip(texts, gts)]
         iou_final = [tag_iou(t, g, "final") for t, g in zip(texts, gts)]
         first = [x >= iou_right for x in iou_first]
@@ -180,8 +205,8 @@ def reflection_metrics(task: str, texts: Sequence[str | None], gts: Sequence, io
             iou_improved=pct(_mean([float(d > 0) for d in deltas])),
             iou_worsened=pct(_mean([float(d < 0) for d in deltas])),
         )
-    else:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    out.update(_rate("first_accuracy", first))
+    out.update(_rate("final_accuracy", final))
     out.update(transitions(first, final).as_dict())
     return out
 

@@ -12,7 +12,7 @@ percentage is over ``n``. Prediction rows that match no annotation, match ambigu
 video already predicted (the first is kept, as VAU-R1 does) or hit a row without valid ground truth,
 and annotation rows with no prediction, are reported (counts + names) and never silently dropped.
 
-Departures from VAU-R1's scripts, all in the direction DESIGN 6 asks: QA and CLS there divide by all
+Departures from VAU-R1's scripts, all in the direction docs/evaluation.md states: QA and CLS there divide by all
 ground-truth rows (a video without a prediction counts wrong); here that video is reported as missing
 and the denominator is ``n`` (equal whenever the prediction file covers the annotations, as VAU-R1's
 own inference writes it). VAU-R1's grounding skips only ``0,0`` rows; ``-1,-1`` rows are skipped
@@ -31,15 +31,16 @@ Name matching (prediction ``Video Name`` -> annotation row), first rule that giv
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
+from srvau.contract.truth import truth_of
+from srvau.contract.vocab import METRIC_TASK
 from srvau.data.vau_bench import read_vau_bench, split_prefix, strip_video_ext
 from srvau.evaluation.metrics import TASKS, task_metrics
 
@@ -64,6 +65,7 @@ class MatchReport:
     no_ground_truth: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # annotation rows (valid GT) without a prediction
     rejected_annotations: int = 0
+    truths: list[Any] = field(default_factory=list)  # per annotation row: its ground truth, None if not scored
 
     def log(self, task: str) -> None:
         for what, names, why in (
@@ -173,29 +175,24 @@ class NameIndex:
         return None, False
 
 
-def valid_ground_truth(task: str, row: pd.Series) -> bool:
-    if task == "qa":
-        return bool(row["has_qa"]) and isinstance(row["correct_option"], str)
-    if task == "tag":
-        return row["interval_kind"] == "anomaly" and all(
-            isinstance(x, float) and math.isfinite(x) for x in (row["start_s"], row["end_s"])
-        )
-    if task == "cls":
-        return isinstance(row["anomaly_class"], str) and bool(row["anomaly_class"])
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+_PIPELINE_TASK = {v: k for k, v in METRIC_TASK.items()}  # tag -> grounding, ...
 
 
-def ground_truth(task: str, row: pd.Series) -> Any:
-    if task == "qa":
-        return row["correct_option"]
-    if task == "tag":
-        return (float(row["start_s"]), float(row["end_s"]))
-    return row["anomaly_class"]
+def ground_truth(task: str, row: Mapping[str, Any]) -> Any:
+    """What one annotation row is scored against for a VAU-R1 task (qa/tag/cls), or None when the row does
+    not count (:func:`srvau.contract.truth.truth_of`; grounding on anomaly intervals only)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    truth = truth_of(_PIPELINE_TASK[task], row)
+    if truth is None or not truth.in_grounding_protocol:
+        return None
+    return truth.interval if task == "tag" else truth.answer
 
 
 def match(task: str, ann: pd.DataFrame, preds: pd.DataFrame) -> MatchReport:
     index = NameIndex(ann)
-    valid = [valid_ground_truth(task, row) for _, row in ann.iterrows()]
+    truths = [ground_truth(task, row) for row in ann.to_dict("records")]
+    valid = [t is not None for t in truths]
     report = MatchReport()
     seen: set[int] = set()
     for p, name in enumerate(preds["name"]):
@@ -211,6 +208,7 @@ def match(task: str, ann: pd.DataFrame, preds: pd.DataFrame) -> MatchReport:
             else:
                 report.no_ground_truth.append(name)
     report.missing = [str(ann["video_name"].iloc[a]) for a in range(len(ann)) if valid[a] and a not in seen]
+    report.truths = truths
     return report
 
 
@@ -228,7 +226,7 @@ def evaluate_predictions(
     report = match(task, ann, preds)
     report.rejected_annotations = rejected
     texts = [preds["response"].iloc[p] for p, _ in report.matched]
-    gts = [ground_truth(task, ann.iloc[a]) for _, a in report.matched]
+    gts = [report.truths[a] for _, a in report.matched]
     result = task_metrics(task, texts, gts)
     log.info("%s: scored %d of %d prediction rows from column %r", predictions, result["n"], len(preds), col)
     return result, report

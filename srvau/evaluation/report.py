@@ -18,15 +18,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from srvau.data.classes import CLASSES
+from srvau.contract.vocab import CLASSES
+from srvau.io import write_text
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "qa": ("accuracy",),
     "grounding": ("miou", "r@0.3", "r@0.5", "r@0.7"),
     "classification": ("binary_acc", "multi_acc"),
-    "description": (),
+    "description": ("keyword_recall",),
 }
-REFLECTION_METRICS = ("wrong_to_right", "right_to_wrong", "right_to_right", "wrong_to_wrong", "miou_first", "miou_final", "iou_change")
+REFLECTION_METRICS = (
+    "malformed_share", "first_accuracy", "final_accuracy", "wrong_to_right", "right_to_wrong", "right_to_right",
+    "wrong_to_wrong", "miou_first", "miou_final", "iou_change",
+)
 NO_CLASS = "(none)"
 
 
@@ -208,13 +212,19 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _row(label_cells: list[str], values: list[Any], lower_better: bool = False, compare: bool = True) -> str:
+def _ci(ci: Any) -> str:
+    return f' <span class="ci">[{ci[0]:.1f}, {ci[1]:.1f}]</span>' if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+
+
+def _row(label_cells: list[str], values: list[Any], lower_better: bool = False, compare: bool = True,
+         cis: list[Any] | None = None) -> str:
+    """One table row; ``cis`` (a 95% interval per value) are shown after the values."""
     nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     best = (min(nums) if lower_better else max(nums)) if compare and len(nums) > 1 and len(set(nums)) > 1 else None
     cells = "".join(f"<td>{html.escape(c)}</td>" for c in label_cells)
-    for v in values:
+    for v, ci in zip(values, cis or [None] * len(values)):
         s = _fmt(v)
-        cells += f'<td class="num">{"<b>" + s + "</b>" if best is not None and v == best else s}</td>'
+        cells += f'<td class="num">{"<b>" + s + "</b>" if best is not None and v == best else s}{_ci(ci)}</td>'
     return f"<tr>{cells}</tr>"
 
 
@@ -234,7 +244,8 @@ def metric_table(results: dict[str, Any]) -> str:
             if not any(cells):
                 continue
             for key in (*keys, "well_formed", "n"):
-                out.append(_row([task, style, key], [(c or {}).get(key) for c in cells], compare=key != "n"))
+                out.append(_row([task, style, key], [(c or {}).get(key) for c in cells], compare=key != "n",
+                                cis=[(c or {}).get(f"{key}_ci95") for c in cells]))
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -254,7 +265,8 @@ def reflection_table(results: dict[str, Any]) -> str:
             if all(v is None for v in vals):
                 continue
             # No "best" marking: a model right at its first answer cannot go wrong -> right.
-            out.append(_row([task, "reflective (count)" if key == "reflective" else key], vals, compare=False))
+            out.append(_row([task, "reflective (count)" if key == "reflective" else key], vals, compare=False,
+                            cis=[(c or {}).get(f"{key}_ci95") for c in cells]))
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -291,6 +303,7 @@ table.metrics{border-collapse:collapse;margin:1em 0;font-size:14px}
 table.metrics th,table.metrics td{border:1px solid #ccc;padding:3px 8px}
 table.metrics th{background:#f0f0f0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
+span.ci{color:#777;font-size:12px}
 figure{margin:1.5em 0} img{max-width:100%} figcaption{font-size:13px;color:#555}
 code{background:#f4f4f4;padding:0 3px}
 """
@@ -323,11 +336,14 @@ def write_report(
 <p>Percentages (0-100) by VAU-R1's protocol: QA accuracy; grounding mIoU and R@k on anomaly intervals;
 classification binary and 20-way accuracy. Styles: <code>reflect</code> (reflection trace, final answer scored),
 <code>think</code> and <code>direct</code> (VAU-R1's think / no-think prompts). <code>well_formed</code>: share of
-outputs in the style's format. Best value per row in bold.</p>
+outputs in the style's format; <code>keyword_recall</code>: share of the reference description's content
+words the answer mentions. Grey brackets: 95% intervals (Wilson for proportions, normal approximation for
+means). Best value per row in bold.</p>
 {metric_table(results)}
 <h2>Reflection</h2>
-<p>Share of reflection traces whose first answer was right/wrong and final answer right/wrong (grounding:
-right = IoU &ge; {iou_right:g}); <code>iou_change</code> = mean final minus first IoU (x100).</p>
+<p>Over the well-formed reflection traces only (<code>malformed_share</code>: the rest, truncated or broken):
+first- and final-answer accuracy, and the share whose first answer was right/wrong and final answer
+right/wrong (grounding: right = IoU &ge; {iou_right:g}); <code>iou_change</code> = mean final minus first IoU (x100).</p>
 {reflection_table(results)}
 <h2>VAU-Eval (LLM judge)</h2>
 {judge_table(results)}
@@ -335,8 +351,4 @@ right = IoU &ge; {iou_right:g}); <code>iou_change</code> = mean final minus firs
 {''.join(_img(p, alt) for p, alt in images)}
 </body></html>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(body)
-    tmp.replace(path)
-    return path
+    return write_text(path, body)

@@ -10,19 +10,19 @@ Outputs under ``out_dir`` (``reports/eval`` by default)::
     plots/...                    DVC plot data (see :func:`write_plot_data`)
     figures/*.png, report.html   the side-by-side report (srvau.evaluation.report)
 
-Metrics follow DESIGN 6 through :mod:`srvau.evaluation.metrics` (VAU-R1's parsers and rounding):
-QA accuracy, grounding mIoU and R@0.3/0.5/0.7 on anomaly intervals only, classification binary and
-20-way accuracy, per prompt style (``reflect``: our trace, scored on its final answer; ``think`` and
-``direct``: VAU-R1's think / no-think prompts). Additions of ours: ``well_formed`` (share of outputs
-in the style's format) for every task, and for the ``reflect`` style the reflection transitions
-(wrong->right, right->wrong, ... between the first and final answer; IoU change for grounding).
-Descriptions have no automatic metric besides the judge (as in VAU-R1).
+Metrics follow docs/evaluation.md through :mod:`srvau.evaluation.metrics` (VAU-R1's parsers and
+rounding): QA accuracy, grounding mIoU and R@0.3/0.5/0.7 on anomaly intervals only, classification
+binary and 20-way accuracy, per prompt style (``reflect``: our trace, scored on its final answer;
+``think`` and ``direct``: VAU-R1's think / no-think prompts), each proportion with its Wilson 95%
+interval (``<metric>_ci95``). Additions of ours: ``well_formed`` (share of outputs in the style's
+format, :func:`srvau.contract.scoring.well_formed`) for every task; for the ``reflect`` style the
+reflection transitions over well-formed traces (``reflection.<task>``); and for descriptions an
+offline ``keyword_recall`` against the reference, so every task has a number without a judge.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import re
 from collections import Counter
@@ -30,15 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from srvau.config import Params
-from srvau.data.classes import CLASSES
+from srvau.contract.vocab import CLASSES, METRIC_TASK, STYLES, TASKS
 from srvau.evaluation import metrics as M
+from srvau.io import write_json
 from srvau.evaluation.inference import (
-    METRIC_TASK,
-    STYLES,
-    TASKS,
     GenerationSettings,
     ManifestError,
     build_samples,
+    process_group,
     read_manifest,
     run_inference,
 )
@@ -55,13 +54,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # ----------------------------------------------------------------------------- models
 
 
-def resolve_checkpoint(spec: str, params: Params) -> str | None:
+def resolve_checkpoint(spec: str | None, params: Params) -> str | None:
     """A loadable checkpoint for ``spec``, or None when it does not exist (yet).
 
     A local folder holding ``config.json`` (or a ``merged/`` sub-folder that does, where training
     keeps the merged LoRA model). ``owner/name`` whose first folder does not exist locally is taken
     as a Hub id (the paper-scale base model); inside an existing local folder it is a missing checkpoint.
+    An empty ``spec`` (``evaluate.models.<label>: null``) means ``model.base``.
     """
+    spec = spec or params.model.base
     p = params.resolve(spec)
     for cand in (p, p / "merged"):
         if (cand / "config.json").is_file():
@@ -71,12 +72,12 @@ def resolve_checkpoint(spec: str, params: Params) -> str | None:
     return None
 
 
-def available_models(models: dict[str, str], params: Params) -> dict[str, str]:
+def available_models(models: dict[str, str | None], params: Params) -> dict[str, str]:
     out: dict[str, str] = {}
     for label, spec in models.items():
         ckpt = resolve_checkpoint(spec, params)
         if ckpt is None:
-            log.warning("model %s: no checkpoint at %s; skipped", label, params.resolve(spec))
+            log.warning("model %s: no checkpoint at %s; skipped", label, params.resolve(spec or params.model.base))
         else:
             out[label] = ckpt
     return out
@@ -92,20 +93,15 @@ def _release_accelerator_memory() -> None:
 
 
 def _device_map() -> str | None:
+    """This process's GPU: under a multi-process launch each rank takes its own (LOCAL_RANK)."""
+    import os
+
     import torch
 
-    return "cuda" if torch.cuda.is_available() else None
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else None
 
 
 # ----------------------------------------------------------------------------- metrics
-
-
-def _well_formed(r: dict[str, Any]) -> bool:
-    if r["style"] == "reflect":
-        return bool(r.get("reflective"))
-    if r["style"] == "think":
-        return bool(r.get("single_pass"))
-    return "<answer>" in (r.get("output") or "") and "</answer>" in (r.get("output") or "")
 
 
 def _gts(task: str, recs: list[dict[str, Any]]) -> list[Any]:
@@ -131,8 +127,9 @@ def compute_metrics(records: list[dict[str, Any]], iou_right: float = 0.5) -> di
             m = M.task_metrics(METRIC_TASK[task], texts, _gts(task, recs))
             m.pop("task", None)
         else:
-            m = {"n": len(recs)}
-        m["well_formed"] = M.pct(sum(map(_well_formed, recs)) / len(recs))
+            recall = [r["keyword_recall"] for r in recs if r.get("keyword_recall") is not None]
+            m = {"n": len(recs), **M.mean_metric("keyword_recall", recall)}
+        m["well_formed"] = M.pct(sum(bool(r["well_formed"]) for r in recs) / len(recs))
         out.setdefault(task, {})[style] = m
         if style == "reflect" and task in METRIC_TASK:
             rm = M.reflection_metrics(METRIC_TASK[task], texts, _gts(task, recs), iou_right=iou_right)
@@ -233,14 +230,6 @@ def write_plot_data(records_by_model: dict[str, list[dict[str, Any]]], plots_dir
 # ----------------------------------------------------------------------------- the stage
 
 
-def _write_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
-
-
 def evaluate(
     manifest: Path,
     models: dict[str, str],
@@ -252,12 +241,17 @@ def evaluate(
     """Evaluate every model of ``models`` (label -> checkpoint; missing ones skipped with a warning).
 
     Returns ``{"metrics": path, "report": path, "predictions": {label: path}, "models": metrics}``.
-    Logs the metrics (prefixed ``evaluate.``), metrics.json and the report to the active MLflow run.
+    Logs the metrics (prefixed ``evaluate.``), metrics.json and the report to the stage's run, which the
+    caller opens (``srvau evaluate`` does: srvau.cli.context.stage_tracking); without one nothing is logged.
+
+    Under a multi-process launch (``accelerate launch ... -m srvau.cli evaluate``) the prompts are
+    sharded across the processes (:func:`run_inference`); every process gets all the records back, and
+    only the main one judges, writes the outputs and logs, so the result equals a one-process run.
     """
     from srvau.evaluation.judge import judge_records
     from srvau.evaluation.report import write_report
     from srvau.modeling import load_model, load_processor
-    from srvau.tracking.runs import log_stage_metrics, stage_run
+    from srvau.tracking.runs import log_stage_artifact, log_stage_artifacts, log_stage_metrics, set_stage_tags
 
     cfg = params.evaluate
     manifest, out_dir = Path(manifest), Path(out_dir)
@@ -270,57 +264,56 @@ def evaluate(
     if not ckpts:
         raise FileNotFoundError(f"none of the models {models} has a checkpoint (train them first)")
     settings = GenerationSettings(cfg.max_new_tokens, cfg.temperature, params.seed)
+    main = process_group()[0] == 0
     log.info("evaluating %s on %d prompts (%d videos, split %s)", list(ckpts), len(samples), rows.shape[0], cfg.split)
 
     results: dict[str, Any] = {}
     records_by_model: dict[str, list[dict[str, Any]]] = {}
     predictions: dict[str, str] = {}
     inference: dict[str, Any] = {}
-    with stage_run(params, STAGE):
-        import mlflow
-
-        for label, ckpt in ckpts.items():
-            model = load_model(ckpt, params.model, device_map=_device_map()).eval()
-            processor = load_processor(ckpt, params.model)
-            pred_path = out_dir / "predictions" / f"{label}.jsonl"
-            records, stats = run_inference(model, processor, samples, settings, cfg.batch_size, label, pred_path)
-            del model
-            _release_accelerator_memory()
-            m = compute_metrics(records, cfg.iou_right)
-            if cfg.judge.enabled:
-                m["vau_eval"] = judge_records(records, cfg.judge, out_dir / "judge" / f"{label}.jsonl", client=judge_client)
-            results[label] = m
-            records_by_model[label] = records
-            predictions[label] = str(pred_path)
-            inference[label] = {"checkpoint": ckpt, **stats.as_dict()}
+    for label, ckpt in ckpts.items():
+        model = load_model(ckpt, params.model, device_map=_device_map()).eval()
+        processor = load_processor(ckpt, params.model)
+        pred_path = out_dir / "predictions" / f"{label}.jsonl"
+        records, stats = run_inference(model, processor, samples, settings, cfg.batch_size, label, pred_path)
+        del model
+        _release_accelerator_memory()
+        m = compute_metrics(records, cfg.iou_right)
+        if cfg.judge.enabled and main:
+            m["vau_eval"] = judge_records(records, cfg.judge, out_dir / "judge" / f"{label}.jsonl", client=judge_client)
+        results[label] = m
+        records_by_model[label] = records
+        predictions[label] = str(pred_path)
+        inference[label] = {"checkpoint": ckpt, **stats.as_dict()}
+        if main:
             log_stage_metrics(STAGE, {label: _numeric(m)})
 
-        metrics_path = _write_json(out_dir / "metrics.json", results)
-        # Always written, so the judge folder is a stable DVC output and its settings are on record.
-        _write_json(out_dir / "judge" / "settings.json", {"enabled": cfg.judge.enabled, **cfg.judge.model_dump(exclude={"enabled", "api_key_env"})})
-        _write_json(out_dir / "inference.json", inference)
-        write_plot_data(records_by_model, out_dir / "plots", cfg.primary_style, cfg.iou_right)
-        info = {
-            "split": cfg.split,
-            "videos": int(rows.shape[0]),
-            "prompts": len(samples),
-            "models": {k: inference[k]["checkpoint"] for k in inference},
-            "decoding": "greedy" if settings.greedy else f"sampling, temperature {settings.temperature}",
-            "max_new_tokens": cfg.max_new_tokens,
-            "primary_style": cfg.primary_style,
-            "judge": {"model": cfg.judge.model, "temperature": cfg.judge.temperature} if cfg.judge.enabled else None,
-        }
-        report_path = write_report(results, records_by_model, report, info, cfg.primary_style, cfg.iou_right)
+    metrics_path = out_dir / "metrics.json"
+    if not main:  # the main process writes and logs the same results
+        return {"metrics": str(metrics_path), "report": str(report), "predictions": predictions, "models": results}
+    write_json(metrics_path, results)
+    # Always written, so the judge folder is a stable DVC output and its settings are on record.
+    write_json(out_dir / "judge" / "settings.json", {"enabled": cfg.judge.enabled, **cfg.judge.model_dump(exclude={"enabled", "api_key_env"})})
+    write_json(out_dir / "inference.json", inference)
+    write_plot_data(records_by_model, out_dir / "plots", cfg.primary_style, cfg.iou_right)
+    info = {
+        "split": cfg.split,
+        "videos": int(rows.shape[0]),
+        "prompts": len(samples),
+        "models": {k: inference[k]["checkpoint"] for k in inference},
+        "decoding": "greedy" if settings.greedy else f"sampling, temperature {settings.temperature}",
+        "max_new_tokens": cfg.max_new_tokens,
+        "primary_style": cfg.primary_style,
+        "judge": {"model": cfg.judge.model, "temperature": cfg.judge.temperature} if cfg.judge.enabled else None,
+    }
+    report_path = write_report(results, records_by_model, report, info, cfg.primary_style, cfg.iou_right)
 
-        mlflow.set_tags({"evaluate.split": cfg.split, "evaluate.models": ",".join(ckpts)})
-        if cfg.judge.enabled:
-            mlflow.set_tags({"evaluate.judge.model": cfg.judge.model, "evaluate.judge.temperature": str(cfg.judge.temperature)})
-        mlflow.log_artifact(str(metrics_path), artifact_path="evaluate")
-        mlflow.log_artifact(str(out_dir / "inference.json"), artifact_path="evaluate")
-        mlflow.log_artifact(str(report_path), artifact_path="evaluate")
-        figures = report_path.parent / "figures"
-        if figures.is_dir():
-            mlflow.log_artifacts(str(figures), artifact_path="evaluate/figures")
+    set_stage_tags({"evaluate.split": cfg.split, "evaluate.models": ",".join(ckpts)})
+    if cfg.judge.enabled:
+        set_stage_tags({"evaluate.judge.model": cfg.judge.model, "evaluate.judge.temperature": str(cfg.judge.temperature)})
+    for path in (metrics_path, out_dir / "inference.json", report_path):
+        log_stage_artifact(path, artifact_path="evaluate")
+    log_stage_artifacts(report_path.parent / "figures", artifact_path="evaluate/figures")
     return {"metrics": str(metrics_path), "report": str(report_path), "predictions": predictions, "models": results}
 
 

@@ -65,6 +65,6 @@ def load_model(name_or_path: str | Path, cfg: ModelConfig | None = None, device_
 
 def vision_token_ids(tokenizer) -> list[int]:
     """Placeholder ids that generation must never emit: an untrained policy samples them, and the
-    next forward then fails with 'Video features and video tokens do not match' (STACK.md)."""
+    next forward then fails with 'Video features and video tokens do not match' (docs/pitfalls.md)."""
     ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_PLACEHOLDERS]
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]

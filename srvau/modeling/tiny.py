@@ -168,7 +168,7 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
     """Every text field of VAU-Bench-format CSVs: what the tokenizer must cover."""
     import pandas as pd
 
-    from srvau.data.classes import CLASSES
+    from srvau.contract.vocab import CLASSES
 
     texts: list[str] = list(CLASSES)
     for path in csvs:

@@ -1,7 +1,9 @@
 """Model registration and promotion in the MLflow registry (aliases, not the deprecated stages).
 
-``register`` logs the final checkpoint (merged safetensors + processor) as an MLflow pyfunc model whose
-``predict`` answers prompts about cached videos, registers a new version and gives it the
+``register`` logs the final checkpoint (merged safetensors + processor) as an MLflow pyfunc model
+(models-from-code: ``srvau/tracking/pyfunc_model.py``, with the ``srvau`` package as code and only its
+runtime requirements, so it loads without this checkout) whose ``predict`` answers prompts about a video
+file or a cached clip, decoding as the evaluation did. It registers a new version and gives it the
 ``challenger`` alias with its evaluation metrics as version tags. ``promote`` moves ``champion`` to a
 version, but only when its gate metric is at least the current champion's (``--force`` overrides), so a
 worse model never silently replaces a better one. Load with ``mlflow.pyfunc.load_model("models:/NAME@champion")``.
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,54 +24,55 @@ from srvau.tracking.runs import configure, flatten
 
 log = logging.getLogger(__name__)
 
-try:  # the pyfunc base class; mlflow is a hard dependency, the guard only keeps import errors readable
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object  # type: ignore[misc,assignment]
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")  # models-from-code: logged as source, never pickled
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # srvau/, shipped with the model as code_paths
 
-
-class VideoAnomalyModel(PythonModel):
-    """pyfunc wrapper: input rows ``{"frames_path", "prompt"[, "system"]}`` -> generated text."""
-
-    def load_context(self, context) -> None:
-        from srvau.modeling import load_model, load_processor
-
-        ckpt = context.artifacts["checkpoint"]
-        self.model = load_model(ckpt)
-        self.processor = load_processor(ckpt)
-        self.model.eval()
-
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        import torch
-
-        from srvau.modeling import vision_token_ids
-        from srvau.modeling.inputs import processor_inputs, user_message
-        from srvau.video.cache import load_frames
-
-        params = params or {}
-        rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
-        outputs = []
-        for row in rows:
-            frames, meta = load_frames(row["frames_path"])
-            text = self.processor.apply_chat_template(
-                user_message(row["prompt"], row.get("system")), add_generation_prompt=True, tokenize=False
-            )
-            inputs = processor_inputs(self.processor, [text], [frames], [meta])
-            with torch.no_grad():
-                out = self.model.generate(
-                    **inputs,
-                    max_new_tokens=int(params.get("max_new_tokens", 128)),
-                    do_sample=False,
-                    suppress_tokens=vision_token_ids(self.processor.tokenizer),
-                )
-            outputs.append(self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0])
-        return outputs
+# What the registered model imports when it loads and answers (srvau.modeling, srvau.video, srvau.contract,
+# srvau.config): a loader installs these, not the whole training stack.
+RUNTIME_PACKAGES = ("mlflow", "torch", "torchvision", "transformers", "accelerate", "tokenizers", "safetensors",
+                    "numpy", "pandas", "av", "decord", "pillow", "pydantic", "pyyaml")
 
 
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "transformers", "accelerate", "decord", "mlflow")]
+    return [f"{pkg}=={version(pkg)}" for pkg in RUNTIME_PACKAGES]
+
+
+def model_config(params: Params) -> dict[str, Any]:
+    """What the registered model needs to answer as it was evaluated (``context.model_config``)."""
+    ev = params.evaluate
+    return {
+        "model": params.model.model_dump(mode="json", include={"torch_dtype", "attn_implementation", "trust_remote_code"}),
+        "video": params.video.model_dump(mode="json"),
+        "generation": {"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature, "seed": params.seed},
+        "batch_size": ev.batch_size,
+    }
+
+
+def signature(params: Params):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([
+        ColSpec("string", "prompt"),
+        ColSpec("string", "video_path", required=False),
+        ColSpec("string", "frames_path", required=False),
+        ColSpec("string", "task", required=False),
+        ColSpec("string", "system", required=False),
+    ])
+    params_schema = ParamSchema([
+        ParamSpec("max_new_tokens", "long", params.evaluate.max_new_tokens),
+        ParamSpec("style", "string", "reflect"),
+    ])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string")]), params=params_schema)
+
+
+def _package_copy(dest: Path) -> Path:
+    """A clean copy of the srvau package (no bytecode caches) to ship as code_paths."""
+    out = dest / "srvau"
+    shutil.copytree(PACKAGE_DIR, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return out
 
 
 def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: Path) -> dict[str, Any]:
@@ -80,13 +85,17 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     name = params.tracking.registered_model
     all_metrics = json.loads(metrics_file.read_text()) if metrics_file and metrics_file.exists() else {}
     metrics = all_metrics.get(params.register_.model_label, {})
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=VideoAnomalyModel(),
-        artifacts={"checkpoint": str(checkpoint)},
-        pip_requirements=_requirements(),  # explicit: inferring them costs ~5 s and records noise
-        registered_model_name=name,
-    )
+    with tempfile.TemporaryDirectory(prefix="srvau-register-") as tmp:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_FILE),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(_package_copy(Path(tmp)))],
+            model_config=model_config(params),
+            signature=signature(params),
+            pip_requirements=_requirements(),  # explicit: inferring them costs ~5 s and records noise
+            registered_model_name=name,
+        )
     client = mlflow.MlflowClient()
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, params.register_.alias, version)

@@ -1,5 +1,5 @@
-"""Training utilities shared by the SFT and GRPO stages: resume, MLflow logging, LoRA, freezing, merge,
-and video loading from the frame cache.
+"""Training utilities shared by the SFT and GRPO stages: MLflow logging, LoRA, freezing, and video
+loading from the frame cache. Checkpoints, resume and export live in :mod:`srvau.training.checkpoints`.
 
 Departures / decisions:
 
@@ -7,14 +7,16 @@ Departures / decisions:
   have ``gate_proj``/``up_proj``/``down_proj`` too, so a plain name list (PEFT's usual
   ``["q_proj", ..., "down_proj"]``) would also adapt the vision tower; we list the exact module paths.
 * ``modules_to_save=["lm_head"]`` is an option for the randomly initialised tiny model: LoRA on a
-  random network gives almost no learning signal (STACK.md) and TRL refuses LoRA *on* ``lm_head``.
+  random network gives almost no learning signal (docs/pitfalls.md) and TRL refuses LoRA *on* ``lm_head``.
   Paper scale (a pretrained 3B/7B) leaves it off.
 * Freezing the vision tower freezes the ViT (patch embedding + blocks) but keeps the patch merger
   (the vision->language projector) trainable, as Qwen2.5-VL's own fine-tuning scripts do by default
   (``tune_mm_vision=False, tune_mm_mlp=True``).
 * Transformers' built-in MLflow integration is not used (``report_to="none"``): it opens runs of its
-  own and logs every TrainingArguments field; :class:`MlflowStepCallback` logs into the stage's run
-  (``srvau.tracking.runs.stage_run``) with the stage prefix instead.
+  own and logs every TrainingArguments field; :class:`MlflowStepCallback` and :func:`log_summary` log
+  into the *active* run (the CLI opens the stage's run, ``srvau.tracking.runs.stage_run``) with the
+  stage prefix instead, from the main process only: under ``accelerate launch`` the other ranks have
+  no run and must not start one.
 """
 
 from __future__ import annotations
@@ -57,27 +59,6 @@ LOGGED_PREFIXES = (
 )
 
 
-# ----------------------------------------------------------------------------- resume
-
-
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` folder under ``output_dir`` (None when there is none yet)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    out = Path(output_dir)
-    if not out.is_dir():
-        return None
-    ckpt = get_last_checkpoint(str(out))
-    if ckpt:
-        log.info("resuming from %s", ckpt)
-    return ckpt
-
-
-def resume_arg(output_dir: str | Path, resume: bool = True) -> str | None:
-    """``resume_from_checkpoint`` for ``trainer.train``: the last checkpoint when auto-resume is on."""
-    return last_checkpoint(output_dir) if resume else None
-
-
 # ----------------------------------------------------------------------------- MLflow
 
 
@@ -99,13 +80,33 @@ class MlflowStepCallback(TrainerCallback):
 
         if mlflow.active_run() is None:
             return
+        from srvau.tracking.runs import log_stage_metrics
+
         metrics = {
-            f"{self.stage}.{k}": float(v)
+            k: float(v)
             for k, v in logs.items()
             if _forwarded(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
         }
-        if metrics:
-            mlflow.log_metrics(metrics, step=int(state.global_step))
+        if metrics:  # through the tracking helper: a dead tracking server must not stop training
+            log_stage_metrics(self.stage, metrics, step=int(state.global_step))
+
+
+def log_summary(stage: str, metrics: dict[str, Any], is_main_process: bool) -> bool:
+    """A stage's final numbers into the active MLflow run as ``<stage>.<key>`` (main process only;
+    NaN and non-numbers left out). Returns whether anything was logged: without an active run this
+    does nothing rather than let ``mlflow.log_metrics`` start a run of its own."""
+    import mlflow
+
+    if not is_main_process or mlflow.active_run() is None:
+        return False
+    from srvau.tracking.runs import log_stage_metrics
+
+    numbers = {
+        k: v for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
+    log_stage_metrics(stage, numbers)
+    return True
 
 
 # ----------------------------------------------------------------------------- LoRA and freezing
@@ -177,24 +178,6 @@ def trainable_parameters(model) -> dict[str, int]:
     return {"params_total": total, "params_trainable": trainable}
 
 
-# ----------------------------------------------------------------------------- saving
-
-
-def merge_and_save(model, processor, out_dir: str | Path) -> Path:
-    """Fold a PEFT adapter into the base weights (``merge_and_unload``) and save the plain model as
-    safetensors with its processor, loadable by ``srvau.modeling.load_model``. A model without an
-    adapter is saved as is."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    merged.save_pretrained(out, safe_serialization=True)
-    if processor is not None:
-        processor.save_pretrained(out)
-    if not any(out.glob("*.safetensors")):
-        raise RuntimeError(f"merge_and_save wrote no safetensors file under {out}")
-    return out
-
-
 # ----------------------------------------------------------------------------- video
 
 
@@ -219,53 +202,3 @@ def load_video(frames_path: str | Path, params):
     if not path.exists():
         raise FileNotFoundError(f"frame cache entry {path} does not exist; re-run `srvau ingest`")
     return load_frames(path)
-
-
-def checkpoint_digest(name_or_path: str | Path) -> str:
-    """Content identity of a checkpoint folder (a Hub id stands for itself).
-
-    Part of the resume fingerprints: a base model rebuilt in the same folder (new tokenizer, new
-    weights) must not resume checkpoints trained from the old one. Small files are hashed whole;
-    weight files over 64 MiB by size plus their first and last MiB, which keeps a 7 GB checkpoint cheap
-    while any re-save changes the digest (safetensors headers carry offsets, tails carry weights).
-    """
-    import hashlib
-
-    p = Path(name_or_path)
-    if not p.is_dir():
-        return str(name_or_path)
-    h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file() and "checkpoint-" not in str(x)):
-        h.update(str(f.relative_to(p)).encode())
-        size = f.stat().st_size
-        h.update(str(size).encode())
-        with open(f, "rb") as fh:
-            if size <= 64 << 20:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(1 << 20))
-                fh.seek(-(1 << 20), 2)
-                h.update(fh.read())
-    return h.hexdigest()[:16]
-
-
-def restore_full_weights(model, checkpoint: str | Path, model_cfg=None) -> None:
-    """Load a full (non-LoRA) checkpoint's weights into ``model`` before ``trainer.train(resume_...)``.
-
-    Works around transformers 5.23: ``save_pretrained`` writes Qwen2.5-VL weights under the legacy
-    key names (``model.layers.*``, ``visual.*``) while ``Trainer._load_from_checkpoint`` loads them
-    into the renamed modules without conversion and non-strictly: nothing is restored and a resumed
-    run silently restarts from the base weights. ``from_pretrained`` converts the names; we copy its
-    weights in strictly. The Trainer's own load then matches no key and changes nothing, and it still
-    restores the optimizer, scheduler and RNG state. LoRA checkpoints (adapter files) are restored
-    correctly by the Trainer and are left alone.
-    """
-    from srvau.modeling import load_model
-
-    ckpt = Path(checkpoint)
-    if (ckpt / "adapter_model.safetensors").exists() or not (ckpt / "config.json").exists():
-        return
-    loaded = load_model(ckpt, model_cfg)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    del loaded
-    log.info("restored full weights from %s", ckpt)

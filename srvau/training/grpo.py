@@ -2,7 +2,7 @@
 
 Why a subclass. TRL's ``GRPOTrainer`` feeds images to the model but not videos: with a video in the
 prompt it runs without error, yet the log-prob forwards of the policy, the old policy and the
-reference model see only the text (wrong log-probs, wrong KL; measured in STACK.md). Video GRPO is an
+reference model see only the text (wrong log-probs, wrong KL; measured, see docs/pitfalls.md). Video GRPO is an
 open upstream request (trl#4144, trl#5373). :class:`VideoGRPOTrainer` overrides six methods, each
 around a call to TRL's own, and copies none of TRL's logic:
 
@@ -16,7 +16,7 @@ around a call to TRL's own, and copies none of TRL's logic:
 ``_get_per_token_logps_and_entropies``
     Runs TRL's own implementation chunk by chunk with the chunk's video tensors bound to the model
     call, and ``mm_token_type_ids`` rebuilt for prompt + completion from the token ids (without it
-    Qwen2.5-VL silently falls back to 1-D positions: up to ~9 nats off, STACK.md).
+    Qwen2.5-VL silently falls back to 1-D positions: up to ~9 nats off, docs/pitfalls.md).
 ``_generate_and_score_completions`` / ``compute_loss``
     Wrap TRL's: the rollout's per-sample video tensors travel in the batch dict as per-sample lists,
     so TRL's shuffling and splitting of the generation batch keep them aligned with their rows.
@@ -28,27 +28,25 @@ around a call to TRL's own, and copies none of TRL's logic:
 Departures, and why:
 
 * SRPO's difficulty filter drops prompt groups whose accuracy is outside ``[low, high]`` and refills
-  the batch. Refilling does not fit TRL's fixed generation batch; we zero those groups' advantages
-  instead (TRL does the same for unscorable completions): they add no policy gradient, only the KL
-  term, and the batch shape stays fixed.
+  the batch. Refilling does not fit TRL's fixed generation batch; filtered groups instead leave the
+  loss (advantages and completion masks zeroed, the average taken over the kept rows only), so the
+  kept groups keep their full gradient and the batch shape stays fixed. Grounding (dense IoU reward)
+  is never filtered (docs/rewards.md).
 * TRL 1.16 has no ``max_prompt_length``. Truncating a video prompt would cut video placeholder
   tokens and break the forward, so ``max_prompt_length`` is a guard: a longer prompt is an error
   that names the sample and the settings to change.
 * vLLM generation (``use_vllm``) goes through TRL's ``VLLMGeneration``, which forwards images only;
   with a video prompt the trainer refuses to run rather than generate from text alone.
 * Vision placeholder tokens are suppressed in generation (TRL suppresses only the image pad): an
-  untrained policy samples ``<|video_pad|>`` and the next forward fails (STACK.md).
+  untrained policy samples ``<|video_pad|>`` and the next forward fails (docs/pitfalls.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +65,8 @@ from trl.data_utils import prepare_multimodal_messages  # noqa: E402
 from srvau.config import GrpoConfig, Params  # noqa: E402
 from srvau.modeling.inputs import processor_inputs  # noqa: E402
 from srvau.modeling.loading import vision_token_ids  # noqa: E402
-from srvau.training.rewards import completion_text, difficulty_keep, final_correct, get_reward_funcs  # noqa: E402
+from srvau.contract.trace import completion_text  # noqa: E402
+from srvau.training.rewards import difficulty_keep, final_correct, get_reward_funcs, truths  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +76,6 @@ VIDEO_COLUMN = "video"
 MM_IMAGE, MM_VIDEO = 1, 2
 # RoCoT columns that describe the *teacher's* trace; a reward must never read them as the policy's.
 TEACHER_COLUMNS = ("completion", "first_answer", "final_answer", "first_correct", "teacher")
-# Settings that do not change what the checkpoints contain: free to change between a kill and a resume.
-NOT_FINGERPRINTED = {"output_dir", "resume", "save_steps", "save_total_limit", "log_completions_every"}
 
 VideoLoader = Callable[[str], tuple[np.ndarray, dict[str, Any]]]
 CorrectFn = Callable[[list[str], dict[str, list[Any]]], list[bool | None]]
@@ -158,6 +155,16 @@ class DifficultyFilter:
     correct: CorrectFn
     low: float = 0.1
     high: float = 0.9
+
+
+def difficulty_correctness(texts: list[str], cols: dict[str, list[Any]]) -> list[bool | None]:
+    """Per completion, is its final answer right (the contract's rule), for the difficulty filter.
+    Grounding's reward is dense (IoU): a group all below the IoU threshold still ranks its completions,
+    so grounding is never judged (None = no evidence against the group, which keeps it)."""
+    return [
+        None if truth is not None and truth.task == "grounding" else final_correct(t, truth)
+        for t, truth in zip(texts, truths(cols, len(texts)))
+    ]
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -329,10 +336,30 @@ class VideoGRPOTrainer(GRPOTrainer):
         return rewards
 
     def _apply_difficulty(self, output: dict[str, Any], n_local: int) -> None:
+        """Filtered groups leave the loss entirely: their advantages *and* completion masks are zeroed
+        (so neither their policy term nor their KL term counts), and ``difficulty_keep`` travels with the
+        batch so :meth:`_compute_loss` averages over the kept rows only. Zeroing advantages alone (as a
+        first version did) kept the filtered rows in the denominator: the kept groups' gradient shrank by
+        a varying factor while the KL term's relative weight grew."""
         start = self.accelerator.process_index * n_local
         keep = self._difficulty_keep[start : start + n_local].to(output["advantages"].device)
         adv = output["advantages"]
         output["advantages"] = adv * (keep if adv.dim() == 1 else keep.unsqueeze(1))
+        mask = output["completion_mask"]
+        if "num_items_in_batch" in output:  # token-normalised losses (dapo): count kept tokens only
+            tokens = torch.stack([mask.sum(), (mask * keep.unsqueeze(1).to(mask.dtype)).sum()]).float()
+            total, kept = self.accelerator.gather(tokens.unsqueeze(0)).sum(0)
+            output["num_items_in_batch"] = output["num_items_in_batch"] * (kept / total.clamp(min=1.0))
+        output["completion_mask"] = mask * keep.unsqueeze(1).to(mask.dtype)
+        output["difficulty_keep"] = keep
+
+    def _compute_loss(self, model, inputs):
+        keep = inputs.pop("difficulty_keep", None)
+        loss = super()._compute_loss(model, inputs)
+        if keep is not None and self.loss_type in ("grpo", "sapo", "luspo", "dr_grpo"):
+            # these average over the rows of the batch: filtered rows (masked out, exactly 0) must not count
+            loss = loss * (keep.numel() / keep.sum().clamp(min=1.0))
+        return loss
 
     # -- completions table --------------------------------------------------------------------------
 
@@ -370,9 +397,11 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _log_completions_table(self, step: int) -> None:
         import mlflow
 
+        from srvau.tracking.runs import log_stage_table
+
         if mlflow.active_run() is None:
             return
-        mlflow.log_table(data=self.completions_frame(step), artifact_file=f"grpo/completions/step_{step:06d}.json")
+        log_stage_table(self.completions_frame(step), artifact_file=f"grpo/completions/step_{step:06d}.json")
         self.tables_logged.append(step)
 
 
@@ -387,7 +416,7 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
     """GRPO prompts from RoCoT rows: tasks with verifiable rewards only, one row per sample, the
     conversational prompt (system + task prompt, no completion), the video reference, and the ground
     truth columns the rewards read. The teacher's trace columns are dropped (``TEACHER_COLUMNS``)."""
-    from srvau.cot.prompts import system_prompt
+    from srvau.contract.prompts import system_prompt
     from srvau.training.common import resolve_frames_path
 
     out: dict[str, dict[str, Any]] = {}
@@ -409,9 +438,13 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
     return list(out.values())
 
 
-def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path, reward_weights: list[float]) -> GRPOConfig:
-    """TRL's config from ours. Generation options (vLLM, temperature, lengths) pass straight through."""
-    bf16 = params.model.torch_dtype == "bfloat16"
+def grpo_config(
+    cfg: GrpoConfig, params: Params, checkpoints: Path, reward_weights: list[float], bf16: bool | None = None
+) -> GRPOConfig:
+    """TRL's config from ours. Generation options (vLLM, temperature, lengths) pass straight through.
+    bf16 autocast follows the model dtype unless ``bf16`` says otherwise: TRL turns it on by default,
+    even on CPU, and the reference model would then run under autocast while the policy does not."""
+    bf16 = params.model.torch_dtype == "bfloat16" if bf16 is None else bf16
     return GRPOConfig(
         output_dir=str(checkpoints),
         max_steps=cfg.max_steps,
@@ -445,12 +478,14 @@ def grpo_config(cfg: GrpoConfig, params: Params, checkpoints: Path, reward_weigh
     )
 
 
-def build_trainer(model, processor, dataset, cfg: GrpoConfig, params: Params, checkpoints: Path, callbacks=()):
+def build_trainer(
+    model, processor, dataset, cfg: GrpoConfig, params: Params, checkpoints: Path, callbacks=(), bf16: bool | None = None
+):
     """The configured :class:`VideoGRPOTrainer` (rewards by name, LoRA or full, vision freezing)."""
     from srvau.training import common
 
     funcs, weights = get_reward_funcs(cfg.reward_funcs, cfg.reward_options or None)
-    args = grpo_config(cfg, params, checkpoints, weights)
+    args = grpo_config(cfg, params, checkpoints, weights, bf16)
     peft_config = None
     if cfg.lora:
         peft_config = common.lora_config(
@@ -460,16 +495,8 @@ def build_trainer(model, processor, dataset, cfg: GrpoConfig, params: Params, ch
         common.freeze_vision(model)
     difficulty = None
     if cfg.difficulty_filter:
-        min_iou = cfg.difficulty_min_iou
 
-        def correct(texts: list[str], cols: dict[str, list[Any]]) -> list[bool | None]:
-            keys = ("answer", "gt_start", "gt_end", "interval_kind")
-            return [
-                final_correct(t, cols["task"][i], *(cols.get(k, [None] * len(texts))[i] for k in keys), min_iou=min_iou)
-                for i, t in enumerate(texts)
-            ]
-
-        difficulty = DifficultyFilter(correct, cfg.difficulty_low, cfg.difficulty_high)
+        difficulty = DifficultyFilter(difficulty_correctness, cfg.difficulty_low, cfg.difficulty_high)
     return VideoGRPOTrainer(
         model=model,
         reward_funcs=funcs,
@@ -485,105 +512,57 @@ def build_trainer(model, processor, dataset, cfg: GrpoConfig, params: Params, ch
     )
 
 
-def save_outputs(trainer, params: Params, init_model: str, out_dir: Path) -> tuple[Path | None, Path]:
-    """``adapter/`` (LoRA) and ``merged/``. ``Trainer.save_model`` writes them, so DeepSpeed ZeRO-3 shards
-    are gathered and only the main process writes; the LoRA merge reloads the base model and folds
-    the saved adapter in (``common.merge_and_save``), the same on one CPU and on many GPUs."""
-    from srvau.modeling import load_model
-    from srvau.training import common
-
-    adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
-    if trainer.accelerator.is_main_process:
-        for d in (adapter_dir, merged_dir):
-            shutil.rmtree(d, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    if params.grpo.lora:
-        trainer.save_model(str(adapter_dir))
-        if trainer.accelerator.is_main_process:
-            from peft import PeftModel
-
-            tuned = PeftModel.from_pretrained(load_model(init_model, params.model), str(adapter_dir))
-            common.merge_and_save(tuned, trainer.processing_class, merged_dir)
-    else:
-        adapter_dir = None
-        trainer.save_model(str(merged_dir))
-    trainer.accelerator.wait_for_everyone()
-    return adapter_dir, merged_dir
-
-
-def run_fingerprint(params: Params, init_model: str, rows: list[dict[str, Any]]) -> str:
-    """What the checkpoints depend on: GRPO and model settings, the starting model, the prompts, the
-    video policy and the seed. Settings that only change bookkeeping are left out."""
-    cfg = {k: v for k, v in params.grpo.model_dump().items() if k not in NOT_FINGERPRINTED}
-    data = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
-    blob = json.dumps(
-        {"grpo": cfg, "model": params.model.model_dump(), "init": str(init_model), "data": data,
-         "video": params.video.model_dump(), "seed": params.seed},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dict[str, Any]:
     """The ``grpo`` stage: RL fine-tuning of ``init_model`` (usually the SFT model) on RoCoT's train
     split. Writes ``out_dir/checkpoints`` (resumed automatically when settings and data are unchanged),
     ``out_dir/adapter`` (LoRA only), ``out_dir/merged`` (safetensors + processor: what evaluation
-    loads) and ``out_dir/summary.json``; returns the summary."""
-    from accelerate import PartialState
+    loads) and ``out_dir/summary.json``; returns the summary (on every rank under ``accelerate
+    launch``; only the main process writes files and logs to the active MLflow run, opened by the CLI).
+    Checkpoints, resume, a finished run's export: :mod:`srvau.training.checkpoints`."""
     from datasets import Dataset
 
     from srvau.modeling import load_model, load_processor
-    from srvau.tracking.runs import log_stage_metrics, stage_run
+    from srvau.training import checkpoints as ckpts
     from srvau.training import common
-    from srvau.training.common import checkpoint_digest
-    from srvau.training.sft import load_split, prepare_checkpoint_dir
+    from srvau.training.sft import load_split
 
     cfg = params.grpo
     out_dir = Path(out_dir)
-    checkpoints = out_dir / "checkpoints"
     rows = grpo_rows(load_split(Path(rocot_dir), "train").to_list(), cfg, params)
     log.info("GRPO on %d prompts (%s) from %s", len(rows), ", ".join(cfg.tasks), rocot_dir)
-    # Under `accelerate launch` every rank runs this: the main rank cleans stale checkpoints first.
-    dist = PartialState(cpu=not torch.cuda.is_available())
-    with dist.main_process_first():
-        init_id = f"{init_model}@{checkpoint_digest(init_model)}"
-        resume = prepare_checkpoint_dir(checkpoints, run_fingerprint(params, init_id, rows), cfg.resume)
-    start_step = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0
+    fingerprint = ckpts.run_fingerprint(params, "grpo", init_model, ckpts.data_digest(rows))
+    resume = ckpts.resume_point(out_dir / "checkpoints", fingerprint, cfg.resume)
+    start_step = ckpts.step_of(resume)
     if resume:
         log.info("resuming GRPO from %s (step %d of %d)", resume, start_step, cfg.max_steps)
 
-    model = load_model(init_model, params.model)
+    load_cfg, autocast = ckpts.training_dtype(params.model)
+    model = load_model(init_model, load_cfg)
     processor = load_processor(init_model, params.model)
     t0 = time.perf_counter()
-    with stage_run(params, "grpo") if dist.is_main_process else contextlib.nullcontext():
-        trainer = build_trainer(
-            model, processor, Dataset.from_list(rows), cfg, params, checkpoints, [common.MlflowStepCallback("grpo")]
-        )
-        sizes = common.trainable_parameters(trainer.model)
-        if resume:
-            common.restore_full_weights(trainer.model, resume, params.model)
-        result = trainer.train(resume_from_checkpoint=resume)
-        wall = time.perf_counter() - t0
-        adapter_dir, merged = save_outputs(trainer, params, init_model, out_dir)
-        summary = {
-            "init_model": str(init_model),
-            "prompts": len(rows),
-            "global_step": int(trainer.state.global_step),
-            "resumed_from": resume,
-            "resumed_from_step": start_step,
-            "steps_this_run": int(trainer.state.global_step) - start_step,
-            "train_loss": float(result.training_loss),
-            "train_wall_s": round(wall, 2),
-            "adapter": str(adapter_dir) if adapter_dir else None,
-            "merged": str(merged),
-            "tables_logged": list(trainer.tables_logged),
-            **sizes,
-        }
-        if dist.is_main_process:
-            log_stage_metrics("grpo", {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    if not dist.is_main_process:
-        return summary
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("GRPO done: %s", summary)
+    trainer = build_trainer(
+        model, processor, Dataset.from_list(rows), cfg, params, out_dir / "checkpoints",
+        [common.MlflowStepCallback("grpo"), ckpts.SaveLastStep()], bf16=autocast,
+    )
+    sizes = common.trainable_parameters(trainer.model)
+    loss, adapter_dir, merged = ckpts.run_stage(trainer, resume, cfg.max_steps, out_dir, init_model, params.model, cfg.lora)
+    summary = {
+        "init_model": str(init_model),
+        "prompts": len(rows),
+        "global_step": int(trainer.state.global_step),
+        "resumed_from": str(resume) if resume else None,
+        "resumed_from_step": start_step,
+        "steps_this_run": int(trainer.state.global_step) - start_step,
+        "train_loss": loss,
+        "train_wall_s": round(time.perf_counter() - t0, 2),
+        "adapter": str(adapter_dir) if adapter_dir else None,
+        "merged": str(merged),
+        "tables_logged": list(trainer.tables_logged),
+        **sizes,
+    }
+    main = trainer.accelerator.is_main_process
+    common.log_summary("grpo", summary, main)
+    if main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("GRPO done: %s", summary)
     return summary

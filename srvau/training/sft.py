@@ -6,19 +6,12 @@ TRL's SFTTrainer has no video path, so the trainer gets the raw RoCoT rows
 conversation, the processor's chat template renders and tokenises it, and the ``{% generation %}``
 markers of the template give the assistant mask (``return_assistant_tokens_mask``): labels are -100
 everywhere but the assistant turn (its text and closing ``<|im_end|>``). ``mm_token_type_ids`` stays
-in the batch: without it Qwen2.5-VL silently skips its 3-D (M-RoPE) positions (STACK.md). A template
+in the batch: without it Qwen2.5-VL silently skips its 3-D (M-RoPE) positions (docs/pitfalls.md). A template
 without generation markers (the Hub Qwen2.5-VL one) is swapped for TRL's training template.
 
-Layout of ``out_dir``::
-
-    checkpoints/checkpoint-N   resumable Trainer checkpoints (every ``save_steps``, ``save_total_limit`` kept)
-    checkpoints/srvau_run.json fingerprint of the settings + data that produced them
-    adapter/                   the LoRA adapter (PEFT, safetensors) + processor (LoRA runs only)
-    merged/                    the merged model (safetensors) + processor: what later stages load
-
-Resume: a run killed mid-way and started again continues from the newest checkpoint, *when* the
-fingerprint (SFT settings, base model, training data) matches; otherwise the stale checkpoints are
-removed and training starts over, so a changed ``params.yaml`` never resumes an unrelated run.
+Layout of ``out_dir`` (``checkpoints/``, ``adapter/`` for LoRA, ``merged/``), resume after a kill,
+the export of a finished run and the multi-rank rules: :mod:`srvau.training.checkpoints`, shared with
+GRPO.
 
 Choices: full fine-tuning is the default with the ViT frozen by option (``sft.freeze_vision``);
 LoRA on the language model only is available (``sft.lora: true``; measured on the demo, 300 steps:
@@ -32,11 +25,7 @@ tokens (a sample whose video alone exceeds it is an error).
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
-import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,22 +39,19 @@ import torch  # noqa: E402
 
 from srvau.config import Params  # noqa: E402
 from srvau.modeling.inputs import even_frames, video_metadata  # noqa: E402
+from srvau.training import checkpoints  # noqa: E402
 from srvau.training.common import (  # noqa: E402
     MlflowStepCallback,
     freeze_vision,
-    last_checkpoint,
     load_video,
+    log_summary,
     lora_config,
-    merge_and_save,
     trainable_parameters,
 )
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt", "completion", "frames_path")
-RUN_FILE = "srvau_run.json"
-# Settings that do not change what the checkpoints contain: free to change between a kill and a resume.
-_NOT_FINGERPRINTED = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "dataloader_num_workers"}
 
 VideoLoader = Callable[[str], tuple[Any, dict[str, Any]]]
 
@@ -170,7 +156,7 @@ def load_split(rocot_dir: Path, split: str = "train"):
 
         path = Path(rocot_dir) / f"{split}.parquet"
         if not path.is_file():
-            raise FileNotFoundError(f"RoCoT split {split!r} not found: {path} (run `srvau rocot` first)")
+            raise FileNotFoundError(f"RoCoT split {split!r} not found: {path} (run `srvau cot` first)")
         ds = Dataset.from_parquet(str(path))
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
@@ -180,53 +166,11 @@ def load_split(rocot_dir: Path, split: str = "train"):
     return ds
 
 
-def _data_digest(rocot_dir: Path, split: str) -> str:
-    path = Path(rocot_dir) / f"{split}.parquet"
-    if not path.is_file():
-        return "unknown"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def run_fingerprint(params: Params, base_model: str, data_digest: str) -> str:
-    """What the checkpoints depend on: SFT settings, model settings, base model, data, seed."""
-    sft = {k: v for k, v in params.sft.model_dump().items() if k not in _NOT_FINGERPRINTED}
-    blob = json.dumps(
-        {"sft": sft, "model": params.model.model_dump(), "base": str(base_model), "data": data_digest,
-         "seed": params.seed, "video": params.video.model_dump()},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def prepare_checkpoint_dir(ckpt_dir: Path, fingerprint: str, resume: bool) -> str | None:
-    """The checkpoint to resume from, or None; removes checkpoints made with other settings."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    run_file = ckpt_dir / RUN_FILE
-    previous = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
-    last = last_checkpoint(ckpt_dir)
-    if last and (not resume or previous != fingerprint):
-        why = "resume is off" if not resume else "settings or data changed"
-        log.warning("removing checkpoints in %s (%s)", ckpt_dir, why)
-        for d in ckpt_dir.glob("checkpoint-*"):
-            shutil.rmtree(d, ignore_errors=True)
-        last = None
-    run_file.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-    return last
-
-
-def _step_of(checkpoint: str | None) -> int:
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
-
-
 # ----------------------------------------------------------------------------- trainer
 
 
-def sft_args(params: Params, ckpt_dir: Path):
+def sft_args(params: Params, ckpt_dir: Path, bf16: bool = False):
+    """TRL's config from ours; ``bf16`` turns on bf16 autocast (``sft.bf16`` does too)."""
     from trl import SFTConfig
 
     s = params.sft
@@ -241,7 +185,8 @@ def sft_args(params: Params, ckpt_dir: Path):
         per_device_train_batch_size=s.per_device_train_batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         activation_checkpointing=s.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
-        bf16=s.bf16,
+        bf16=s.bf16 or bf16,
+        use_cpu=not torch.cuda.is_available(),  # as checkpoints.distributed_state: one process state
         logging_steps=s.logging_steps,
         save_strategy="steps",
         save_steps=s.save_steps,
@@ -265,14 +210,18 @@ def build_trainer(
     params: Params,
     video_loader: VideoLoader | None = None,
 ):
-    """An ``SFTTrainer`` for ``dataset`` (RoCoT rows) on ``base_model``: LoRA or full FT per ``params.sft``."""
+    """An ``SFTTrainer`` for ``dataset`` (RoCoT rows) on ``base_model``: LoRA or full FT per ``params.sft``.
+    A bf16 model is trained with fp32 master weights unless DeepSpeed/FSDP keeps them
+    (``checkpoints.training_dtype``)."""
     from trl import SFTTrainer
 
     from srvau.modeling import load_model, load_processor
 
     s = params.sft
+    load_cfg, autocast = checkpoints.training_dtype(params.model)
+    args = sft_args(params, ckpt_dir, bf16=autocast)
     processor = load_processor(base_model, params.model)
-    model = load_model(base_model, params.model)
+    model = load_model(base_model, load_cfg)
     if s.freeze_vision:
         n = freeze_vision(model)
         log.info("froze %.2f M vision parameters", n / 1e6)
@@ -289,12 +238,12 @@ def build_trainer(
     )
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(params, ckpt_dir),
+        args=args,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[MlflowStepCallback("sft")],
+        callbacks=[MlflowStepCallback("sft"), checkpoints.SaveLastStep()],
     )
     log.info("SFT: %s", trainable_parameters(trainer.model))
     return trainer
@@ -311,62 +260,44 @@ def sft(
     split: str = "train",
     video_loader: VideoLoader | None = None,
 ) -> dict[str, float]:
-    """Run the SFT stage inside its MLflow run (``stage_run``); returns its metrics.
+    """Run the SFT stage; returns its metrics (on every rank under ``accelerate launch``).
 
-    Writes ``out_dir/{checkpoints,adapter,merged}`` (module docstring). Resumes automatically from the
-    newest matching checkpoint when ``params.sft.resume`` is on. Per-step loss and learning rate go to
-    MLflow as ``sft.loss`` / ``sft.learning_rate``; the final metrics as ``sft.<name>``.
+    Writes ``out_dir/{checkpoints,adapter,merged}`` (:mod:`srvau.training.checkpoints`). Resumes
+    automatically from the newest complete matching checkpoint when ``params.sft.resume`` is on; a run
+    that already reached ``max_steps`` is exported, not trained again. Per-step loss and learning rate
+    go to the active MLflow run (opened by the CLI) as ``sft.loss`` / ``sft.learning_rate``, the final
+    metrics as ``sft.<name>``, from the main process only.
     """
-    from srvau.tracking.runs import log_stage_metrics, stage_run
-
     out_dir = Path(out_dir)
     dataset = load_split(Path(rocot_dir), split)
     ckpt_dir = out_dir / "checkpoints"
-    from srvau.training.common import checkpoint_digest, restore_full_weights
-
-    base_id = f"{base_model}@{checkpoint_digest(base_model)}"
-    fingerprint = run_fingerprint(params, base_id, _data_digest(Path(rocot_dir), split))
-    resume_from = prepare_checkpoint_dir(ckpt_dir, fingerprint, params.sft.resume)
-    start_step = _step_of(resume_from)
+    split_file = Path(rocot_dir) / f"{split}.parquet"
+    data = checkpoints.data_digest(split_file if split_file.is_file() else dataset.to_list())
+    fingerprint = checkpoints.run_fingerprint(params, "sft", base_model, data)
+    resume_from = checkpoints.resume_point(ckpt_dir, fingerprint, params.sft.resume)
+    start_step = checkpoints.step_of(resume_from)
     if resume_from:
         log.info("resuming SFT from %s (step %d of %d)", resume_from, start_step, params.sft.max_steps)
 
-    with stage_run(params, "sft"):
-        trainer = build_trainer(dataset, base_model, ckpt_dir, params, video_loader)
-        if resume_from:
-            restore_full_weights(trainer.model, resume_from, params.model)
-        t0 = time.perf_counter()
-        if resume_from and start_step >= params.sft.max_steps:
-            # A finished run (e.g. `dvc repro` after an unrelated dep changed): export, do not train on.
-            log.info("checkpoint %s already reached max_steps=%d: exporting it", resume_from, params.sft.max_steps)
-            trainer.state.global_step = start_step
-            training_loss = float("nan")
-        else:
-            training_loss = float(trainer.train(resume_from_checkpoint=resume_from).training_loss)
-        wall = time.perf_counter() - t0
+    trainer = build_trainer(dataset, base_model, ckpt_dir, params, video_loader)
+    counts = trainable_parameters(trainer.model)
+    t0 = time.perf_counter()
+    training_loss, _, _ = checkpoints.run_stage(
+        trainer, resume_from, params.sft.max_steps, out_dir, base_model, params.model, params.sft.lora
+    )
+    wall = time.perf_counter() - t0
 
-        processor = trainer.processing_class
-        adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
-        for d in (adapter_dir, merged_dir):
-            shutil.rmtree(d, ignore_errors=True)
-        model = trainer.model
-        counts = trainable_parameters(model)
-        if params.sft.lora:
-            model.save_pretrained(adapter_dir)
-            processor.save_pretrained(adapter_dir)
-        merge_and_save(model, processor, merged_dir)
-
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        metrics = {
-            "train_loss": training_loss,
-            "final_loss": float(losses[-1]) if losses else float("nan"),
-            "global_step": int(trainer.state.global_step),
-            "resumed_from_step": start_step,
-            "steps_this_run": int(trainer.state.global_step) - start_step,
-            "train_wall_s": wall,
-            "samples": len(dataset),
-            **counts,
-        }
-        log_stage_metrics("sft", {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))})
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics = {
+        "train_loss": training_loss,
+        "final_loss": float(losses[-1]) if losses else float("nan"),
+        "global_step": int(trainer.state.global_step),
+        "resumed_from_step": start_step,
+        "steps_this_run": int(trainer.state.global_step) - start_step,
+        "train_wall_s": wall,
+        "samples": len(dataset),
+        **counts,
+    }
+    log_summary("sft", metrics, trainer.accelerator.is_main_process)
     log.info("SFT done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
     return metrics

@@ -1,4 +1,5 @@
-"""The data gate: GX suites on the manifest and on RoCoT, one checkpoint, a readable verdict.
+"""The data gate: GX suites on the manifest, RoCoT, the splits (with ingest's quarantine) and the
+annotation CSVs; one checkpoint per suite, a readable verdict.
 
     reports_dir/gate.json          verdict, summary, every failed check, and GX's full results
     reports_dir/data_docs/         GX Data Docs (index.html + one page per validation)
@@ -20,14 +21,24 @@ from typing import Any
 import pandas as pd
 
 from srvau.config import Params
-from srvau.validation.suites import manifest_expectations, prepare_manifest, prepare_rocot, rocot_expectations
+from srvau.io import read_jsonl, write_text
+from srvau.validation.suites import (
+    annotation_expectations,
+    manifest_expectations,
+    prepare_annotations,
+    prepare_manifest,
+    prepare_rocot,
+    rocot_expectations,
+    split_expectations,
+    split_summary,
+)
 
 log = logging.getLogger(__name__)
 
 GATE_JSON = "gate.json"
 DOCS_DIR = "data_docs"
 SITE = "srvau_gate"
-INDEX_COLUMNS = {"manifest": ["video_id"], "rocot": ["sample_id"]}
+INDEX_COLUMNS = {"manifest": ["video_id"], "rocot": ["sample_id"], "splits": ["split"], "annotations": ["video_id", "split"]}
 
 
 class GateInputError(ValueError):
@@ -36,14 +47,15 @@ class GateInputError(ValueError):
 
 @dataclass
 class Failure:
-    suite: str  # manifest | rocot
+    suite: str  # manifest | rocot | splits | annotations
     check: str  # the defect in words (the expectation's meta["check"])
     expectation: str
     column: str | None
     detail: str  # counts, examples or the observed value
+    fix: str = ""  # what to change (the expectation's meta["fix"]), when the check says more than the defect
 
     def line(self) -> str:
-        return f"{self.suite}: {self.check} ({self.detail})"
+        return f"{self.suite}: {self.check} ({self.detail})" + (f"; fix: {self.fix}" if self.fix else "")
 
 
 @dataclass
@@ -163,7 +175,9 @@ class Gate:
         source = ctx.data_sources.add_or_update_pandas("srvau")
         self._defs = {}
         self._checkpoints: dict[tuple[str, bool, bool], Any] = {}
-        for name, expectations in (("manifest", manifest_expectations(params)), ("rocot", rocot_expectations(params))):
+        suites = {"manifest": manifest_expectations(params), "rocot": rocot_expectations(params),
+                  "splits": split_expectations(params), "annotations": annotation_expectations(params)}
+        for name, expectations in suites.items():
             try:
                 asset = source.get_asset(name)
             except LookupError:
@@ -199,17 +213,30 @@ class Gate:
         return self._checkpoints[key]
 
     def run(
-        self, manifest: pd.DataFrame, rocot: pd.DataFrame | None = None, manifest_dir: Path | None = None, docs: bool = True
+        self,
+        manifest: pd.DataFrame,
+        rocot: pd.DataFrame | None = None,
+        manifest_dir: Path | None = None,
+        docs: bool = True,
+        quarantine: list[dict[str, Any]] | None = None,
+        annotations: pd.DataFrame | None = None,
     ) -> GateResult:
-        """Validate ``manifest`` (and ``rocot``); write gate.json and (``docs``) the Data Docs.
+        """Validate ``manifest`` (and ``rocot``, the imported ``annotations``); write gate.json and
+        (``docs``) the Data Docs.
 
         Bad data never raises: it is the verdict. ``manifest_dir`` (the ingest folder) enables the
-        frame-cache check."""
+        frame-cache check and supplies ingest's quarantine file unless ``quarantine`` is given
+        (GateInputError when it is missing: the quarantined share cannot be judged without it)."""
+        if quarantine is None:
+            quarantine = read_quarantine(Path(manifest_dir)) if manifest_dir is not None else []
         frames = {"manifest": prepare_manifest(manifest, manifest_dir)}
         if manifest_dir is None:
             frames["manifest"]["gate_frames_cached"] = True  # no folder to check against
         if rocot is not None:
             frames["rocot"] = prepare_rocot(rocot)
+        frames["splits"] = split_summary(manifest, quarantine)
+        if annotations is not None:
+            frames["annotations"] = prepare_annotations(annotations)
         if self.docs_dir.exists():
             shutil.rmtree(self.docs_dir)
         self.reports_dir.mkdir(parents=True, exist_ok=True)
@@ -236,7 +263,8 @@ class Gate:
                     continue
                 cfg = r.expectation_config
                 f = Failure(suite, (cfg.meta or {}).get("check", cfg.type), cfg.type, _column(cfg),
-                            _detail(r, self.params.validate_.max_examples, INDEX_COLUMNS[suite]))
+                            _detail(r, self.params.validate_.max_examples, INDEX_COLUMNS[suite]),
+                            (cfg.meta or {}).get("fix", ""))
                 cols = set((f.column or "").split(", "))
                 if cfg.type != "expect_column_to_exist" and cols & missing:
                     hidden.append(f)
@@ -254,15 +282,42 @@ class Gate:
             "data_docs": str(docs_index) if docs_index else None,
             "results": {k: v.to_json_dict() for k, v in results.items()},
         }
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        tmp.replace(json_path)
+        write_text(json_path, json.dumps(payload, indent=2, default=str) + "\n")
         (log.info if success else log.error)("%s", result.summary())
         return result
 
 
+def read_quarantine(ingest_dir: Path) -> list[dict[str, Any]]:
+    """Ingest's quarantine records (one JSON object per line) from the folder holding the manifest."""
+    from srvau.data.manifest import QUARANTINE_NAME
+
+    path = Path(ingest_dir) / QUARANTINE_NAME
+    try:
+        return read_jsonl(path)
+    except FileNotFoundError:
+        raise GateInputError(f"{path} not found: the gate needs ingest's quarantine file next to the manifest "
+                             "(re-run `srvau ingest`)") from None
+    except ValueError as e:
+        raise GateInputError(str(e)) from None
+
+
+def read_annotations(params: Params) -> pd.DataFrame:
+    """Every row of ``ingest.annotations`` as the importer reads it, video present or not (the split
+    leak check must see rows that ingest quarantined for a missing video)."""
+    from srvau.data.vau_bench import VauBenchFormatError, read_vau_bench
+
+    frames = []
+    for name in params.ingest.annotations:
+        try:
+            frames.append(read_vau_bench(params.resolve(name), params.ingest.dataset).rows)
+        except (FileNotFoundError, VauBenchFormatError) as e:
+            raise GateInputError(f"ingest.annotations: {e}") from None
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["video_id", "split"])
+
+
 def run_gate(manifest: Path, rocot: Path | None, reports_dir: Path, params: Params, context=None) -> GateResult:
-    """Load the manifest parquet and the RoCoT splits and run the gate (see :class:`Gate`)."""
+    """Load the manifest parquet, ingest's quarantine file next to it, the annotation CSVs
+    (``ingest.annotations``) and the RoCoT splits, and run the gate (see :class:`Gate`)."""
     from srvau.cot.dataset import load_all
 
     from srvau.data.manifest import ManifestError, read_manifest
@@ -278,4 +333,6 @@ def run_gate(manifest: Path, rocot: Path | None, reports_dir: Path, params: Para
             rdf = load_all(rocot)
         except FileNotFoundError as e:
             raise GateInputError(str(e)) from None
-    return Gate(params, reports_dir, context).run(mdf, rdf, manifest.parent)
+    quarantine = read_quarantine(manifest.parent)
+    annotations = read_annotations(params)
+    return Gate(params, reports_dir, context).run(mdf, rdf, manifest.parent, quarantine=quarantine, annotations=annotations)

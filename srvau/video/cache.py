@@ -17,40 +17,61 @@ unchanged: ``min_pixels <= 28*28`` and ``max_pixels >= video.max_pixels_per_fram
 not below ``max_pixels_per_frame``). Frame timestamps (seconds since the first frame) are not a
 ``VideoMetadata`` field; :func:`load_cached` returns them with everything else.
 
-File layout: one uncompressed ``np.savez`` archive per video (loads without pickle)::
+File layout: one ``np.savez`` archive per video (loads without pickle). The frames are stored as an
+H.264 stream (High 4:4:4, ``yuv444p``, x264 ``crf`` :data:`CRF`, preset :data:`PRESET`) inside an
+in-memory mp4, because raw frames are 14-16 MB per video at the paper settings and the frames of one
+clip are 0.5 s apart, so inter-frame prediction still pays. docs/frame-cache.md has the measurements
+behind the choice, the tolerance (mean absolute error <= 2/255, PSNR >= 38 dB against the decoded
+frames) and why the encoder runs without its SIMD paths (so the same frames give the same bytes)::
 
-    frames            uint8   (T, H, W, 3)
+    video             uint8   (N,)   the mp4 bytes: T frames, H x W, in sampling order
+    frame_shape       int64   (4,)   (T, H, W, 3) of the frames the mp4 holds
+    codec             str     ()     ``CODEC``: how ``video`` was encoded
     indices           int64   (T,)   frame index in presentation order in the source video
     timestamps        float64 (T,)   seconds since the source's first frame
     fps               float64 ()     average source rate = total_num_frames / duration
     total_num_frames  int64   ()
     duration          float64 ()     seconds
     source_size       int64   (2,)   source (height, width)
-    backend           str     ()     decord | pyav
+    backend           str     ()     decord | pyav (the decoder that read the source)
     fingerprint       str     ()     ``sampling.policy_fingerprint`` of the policy that made it
     sha256            str     ()     of the source file
     info              str     ()     JSON of the probe's ``VideoInfo`` (a re-run needs no probe)
     version           int64   ()     layout version (``CACHE_VERSION``)
 
-An entry is fresh when its sha256 and fingerprint equal the current file's and policy's
-(:func:`is_fresh`); ingestion then skips probing and decoding that video.
+An entry is fresh when its version, sha256 and fingerprint equal the current layout's, file's and
+policy's (:func:`is_fresh`); ingestion then skips probing and decoding that video. An entry of another
+version is stale: :func:`read_header` refuses it, so ingestion rebuilds it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-CACHE_VERSION = 1
-_HEADER_KEYS = ("indices", "timestamps", "fps", "total_num_frames", "duration", "source_size", "backend",
-                "fingerprint", "sha256", "info", "version")
+# 2: frames stored as H.264 4:4:4 instead of raw uint8 (1); 3: encoded without SIMD (reproducible bytes).
+# Bump on any change to the layout or to the encoding below: older entries are then stale and re-made.
+CACHE_VERSION = 3
+CRF = 13  # x264 constant-rate factor: the smallest entries still inside the tolerance (docs/frame-cache.md)
+PRESET = "medium"  # "veryfast" costs ~30 % more error at the same size; encoding runs once per video
+PIX_FMT = "yuv444p"  # no chroma subsampling: 4:2:0 would blur colour edges the model must see
+NOMINAL_RATE = Fraction(2)  # frames per second told to x264 (the default sampling rate)
+CODEC = f"h264-{PIX_FMT}-crf{CRF}-{PRESET}-noasm"
+_HEADER_KEYS = ("frame_shape", "codec", "indices", "timestamps", "fps", "total_num_frames", "duration",
+                "source_size", "backend", "fingerprint", "sha256", "info")
+
+
+class StaleCacheEntry(ValueError):
+    """A cache entry written by another layout version: re-run ingestion to re-make it."""
 
 
 @dataclass
@@ -87,6 +108,55 @@ def cache_filename(relpath: str) -> str:
     return f"{stem}-{hashlib.sha1(relpath.encode()).hexdigest()[:8]}.npz"
 
 
+def encode_frames(frames: np.ndarray) -> bytes:
+    """uint8 (T, H, W, 3) RGB -> the bytes of an mp4 holding them as H.264 (see the module docstring)."""
+    import av
+
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"expected uint8 (T, H, W, 3) frames with T >= 1, got shape {frames.shape}")
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:  # the policy makes multiples of 28
+        raise ValueError(f"frame size {h}x{w} is not even")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        # A fixed nominal rate (x264's rate control depends on it); the true timing lives in the header.
+        stream = container.add_stream("libx264", rate=NOMINAL_RATE)
+        stream.width, stream.height, stream.pix_fmt = w, h, PIX_FMT
+        # One thread (ingestion already runs one process per video, ingest.workers) and x264's plain C
+        # paths: with its SIMD paths the same frames gave up to 4 different byte streams in 16 encodes
+        # here, and DVC, which hashes the frames, would then re-run every stage after a rebuilt cache.
+        stream.options = {"crf": str(CRF), "preset": PRESET, "threads": "1", "x264-params": "asm=0"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def decode_video_bytes(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The frames of :func:`encode_frames`'s mp4, checked against the ``(T, H, W, 3)`` they must have."""
+    import av
+
+    out = np.empty(shape, np.uint8)
+    n = 0
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO"  # frame threads: the read is on training's data path
+        for frame in container.decode(stream):
+            if n >= shape[0]:
+                raise ValueError(f"cache entry holds more than the {shape[0]} frames its header declares")
+            if (frame.height, frame.width) != tuple(shape[1:3]):
+                raise ValueError(f"cache entry frames are {frame.height}x{frame.width}, its header declares "
+                                 f"{shape[1]}x{shape[2]}")
+            out[n] = frame.to_ndarray(format="rgb24")
+            n += 1
+    if n != shape[0]:
+        raise ValueError(f"cache entry holds {n} frames, its header declares {shape[0]}")
+    return out
+
+
 def save_frames(path: str | os.PathLike, clip: Any, *, info: Any, fingerprint: str) -> None:
     """Write ``clip`` (a ``srvau.video.decode.DecodedClip``) with its provenance to ``path``.
 
@@ -94,10 +164,14 @@ def save_frames(path: str | os.PathLike, clip: Any, *, info: Any, fingerprint: s
     need atomicity write to a temporary name and rename (``probe.probe_and_sample`` does).
     """
     info_d = info if isinstance(info, dict) else info.to_dict()
+    frames = np.asarray(clip.frames)
+    video = np.frombuffer(encode_frames(frames), dtype=np.uint8)
     with open(path, "wb") as f:
-        np.savez(
+        np.savez(  # not savez_compressed: the H.264 bytes do not deflate
             f,
-            frames=np.ascontiguousarray(clip.frames, dtype=np.uint8),
+            video=video,
+            frame_shape=np.asarray(frames.shape, dtype=np.int64),
+            codec=np.str_(CODEC),
             indices=np.asarray(clip.indices, dtype=np.int64),
             timestamps=np.asarray(clip.timestamps, dtype=np.float64),
             fps=np.float64(clip.fps),
@@ -113,10 +187,15 @@ def save_frames(path: str | os.PathLike, clip: Any, *, info: Any, fingerprint: s
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """Everything but the frames (cheap: npz members load lazily). Raises on a missing/corrupt file."""
+    """Everything but the frames (cheap: npz members load lazily, nothing is decoded).
+
+    Raises StaleCacheEntry for an entry of another layout version, and on a missing/corrupt file."""
     with np.load(path, allow_pickle=False) as z:
+        version = int(z["version"]) if "version" in z.files else 0
+        if version != CACHE_VERSION:
+            raise StaleCacheEntry(f"{path}: frame-cache layout version {version}, this code reads "
+                                  f"{CACHE_VERSION}; re-run `srvau ingest` to re-make it")
         h = {k: z[k] for k in _HEADER_KEYS}
-        frame_shape = _member_shape(z, "frames")
     return {
         "indices": h["indices"],
         "timestamps": h["timestamps"],
@@ -129,38 +208,31 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         "fingerprint": str(h["fingerprint"]),
         "sha256": str(h["sha256"]),
         "info": json.loads(str(h["info"])),
-        "version": int(h["version"]),
-        "n_frames": int(frame_shape[0]),
-        "frame_shape": tuple(int(x) for x in frame_shape),
+        "version": version,
+        "codec": str(h["codec"]),
+        "n_frames": int(h["frame_shape"][0]),
+        "frame_shape": tuple(int(x) for x in h["frame_shape"]),
     }
 
 
-def _member_shape(z: Any, name: str) -> tuple[int, ...]:
-    """Shape of an npz member from its .npy header, without reading the array."""
-    with z.zip.open(f"{name}.npy") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        return read(f)[0]
-
-
 def is_fresh(path: str | os.PathLike, sha256: str, fingerprint: str) -> bool:
-    """True when ``path`` holds a readable entry made from these bytes with this policy."""
+    """True when ``path`` holds a readable entry of this layout made from these bytes with this policy."""
     if not Path(path).is_file():
         return False
     try:
         h = read_header(path)
-    except Exception:  # unreadable or partial entry: rebuild it
+    except Exception:  # stale, unreadable or partial entry: rebuild it
         return False
-    return h["version"] == CACHE_VERSION and h["sha256"] == sha256 and h["fingerprint"] == fingerprint
+    return h["sha256"] == sha256 and h["fingerprint"] == fingerprint
 
 
 def load_cached(path: str | os.PathLike) -> CachedFrames:
     """The whole entry: frames plus timing and provenance."""
     h = read_header(path)
     with np.load(path, allow_pickle=False) as z:
-        frames = z["frames"]
+        data = z["video"].tobytes()
     return CachedFrames(
-        frames=frames,
+        frames=decode_video_bytes(data, h["frame_shape"]),
         indices=h["indices"],
         timestamps=h["timestamps"],
         fps=h["fps"],

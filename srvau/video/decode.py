@@ -17,8 +17,10 @@ decord exception (including a missing decord) also falls back; ``DecodedClip.fal
 
 PyAV: the same seek-then-decode-forward strategy, driven by the demuxed keyframe list, with
 ``to_ndarray(width, height, format="rgb24", interpolation="BICUBIC")`` (swscale again; the two
-backends agree to about one grey level on average, see tests/test_video.py). A frame is identified by its presentation timestamp, so frame
-index ``i`` means "the i-th frame in presentation order" for both backends.
+backends agree to about one grey level on average, see tests/test_video.py). A frame is identified
+by its presentation timestamp, so frame index ``i`` means "the i-th frame in presentation order"
+for both backends. The packet index (:class:`srvau.video.timeline.Timeline`) comes from
+``srvau.video.timeline``, which the probe uses too: this module never imports the probe.
 
 These functions open the file in the calling process. Untrusted files go through
 ``srvau.video.probe.probe_and_sample`` (a killable subprocess) instead.
@@ -33,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from srvau.video.probe import Timeline, read_timeline
+from srvau.video.timeline import Timeline, read_timeline
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ a :class:`ProbeError` with a short machine-readable ``reason``:
 
     missing, not_a_file, zero_byte            (checked in the parent, no child needed)
     unreadable        FFmpeg cannot open it as a media file (random bytes, moov atom lost to truncation)
+    image_not_video   the container is a still image (e.g. a PNG or JPEG renamed .mp4)
     no_video_stream   a valid container without video (e.g. audio only)
     no_frames         a video stream without a single packet
     truncated         fewer packets than the container declares, or packets past the end of file
@@ -17,28 +18,28 @@ a :class:`ProbeError` with a short machine-readable ``reason``:
     crashed           the child died (signal, e.g. a segfault in a native decoder) or gave no answer
     error             any other exception in the child (type and message in ``detail``)
 
-The probe reads the container's packet index with PyAV (demux only, no decoding: ~20 ms per 1800
-frames) to get exact frame count, presentation timestamps and keyframes, and flags a variable frame
-rate when frame durations differ by more than 2 ticks and 2 %. The child of :func:`probe_and_sample`
-then plans the sampled frames (``srvau.video.sampling``), decodes them (``srvau.video.decode``) and
-writes the frame-cache file, so a decoder hang on a file that passed the probe is contained as well.
+The probe reads the container's packet index with PyAV (``srvau.video.timeline``; demux only, no
+decoding: ~20 ms per 1800 frames) to get exact frame count, presentation timestamps and keyframes,
+and flags a variable frame rate when frame durations differ by more than 2 ticks and 2 %. The
+child of :func:`probe_and_sample` then plans the sampled frames (``srvau.video.sampling``), decodes
+them (``srvau.video.decode``) and writes the frame-cache file, so a decoder hang on a file that
+passed the probe is contained as well.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from srvau.io import atomic_path, sha256_file
+from srvau.video.timeline import Timeline, read_timeline
 
 if TYPE_CHECKING:
     from srvau.config import VideoConfig
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 _MARKER = "SRVAU_PROBE_RESULT "
-_HASH_CHUNK = 1 << 20
 
 
 class ProbeError(Exception):
@@ -78,46 +78,6 @@ class VideoInfo:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class Timeline:
-    """The packet index of a video stream, in presentation order (from demuxing, no decoding)."""
-
-    pts: np.ndarray  # int64, ascending, stream time_base ticks
-    keyframe_pts: np.ndarray  # int64, ascending
-    time_base: Fraction
-    duration_s: float
-    declared_frames: int  # what the container header claims (0 = unknown)
-    end_byte: int  # one past the last packet's last byte (0 = unknown)
-    height: int = 0  # coded size from the stream header (0 = unknown)
-    width: int = 0
-
-    @property
-    def times(self) -> np.ndarray:
-        """Seconds since the first frame."""
-        return (self.pts - self.pts[0]).astype(np.float64) * float(self.time_base)
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.pts.size)
-
-    @property
-    def vfr(self) -> bool:
-        if self.pts.size < 3:
-            return False
-        d = np.diff(self.pts)
-        med = float(np.median(d))
-        return bool(np.any(np.abs(d - med) > max(2.0, 0.02 * med)))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Streamed sha256 of a file (constant memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def precheck(path: str | os.PathLike) -> int:
     """Checks that need no decoder; returns the size in bytes or raises ProbeError."""
     p = Path(path)
@@ -136,41 +96,18 @@ def precheck(path: str | os.PathLike) -> int:
     return st.st_size
 
 
+# FFmpeg's demuxers for single still images (found by magic bytes whatever the file is named):
+# image2 (an image file or numbered sequence) and the <codec>_pipe family (png_pipe, jpeg_pipe,
+# webp_pipe, bmp_pipe, tiff_pipe...). They yield a one-frame "video" of a made-up 25 fps.
+_IMAGE_DEMUXERS = ("image2", "image2pipe")
+
+
+def is_image_format(format_name: str) -> bool:
+    """True for FFmpeg container names that hold a still image, not a video."""
+    return any(n in _IMAGE_DEMUXERS or n.endswith("_pipe") for n in format_name.split(","))
+
+
 # --- in-process part: runs inside the child ------------------------------------------------------
-
-
-def read_timeline(container: Any, stream: Any) -> Timeline:
-    """Demux every packet of ``stream`` (no decoding) and build its presentation timeline."""
-    pts: list[int] = []
-    keys: list[int] = []
-    end_byte = 0
-    last_dur = 0
-    for packet in container.demux(stream):
-        if packet.size == 0 or packet.pts is None:  # flush packets / packets without timestamps
-            continue
-        pts.append(packet.pts)
-        if packet.is_keyframe:
-            keys.append(packet.pts)
-        if packet.pos is not None and packet.pos >= 0:
-            end_byte = max(end_byte, packet.pos + packet.size)
-        last_dur = packet.duration or last_dur
-    arr = np.sort(np.asarray(pts, dtype=np.int64))
-    tb = stream.time_base or Fraction(1, 1)
-    if arr.size:
-        step = int(np.median(np.diff(arr))) if arr.size > 1 else last_dur
-        duration = float((int(arr[-1] - arr[0]) + (last_dur or step)) * tb)
-    else:
-        duration = 0.0
-    return Timeline(
-        pts=arr,
-        keyframe_pts=np.sort(np.asarray(keys, dtype=np.int64)),
-        time_base=tb,
-        duration_s=duration,
-        declared_frames=int(stream.frames or 0),
-        end_byte=end_byte,
-        height=int(stream.codec_context.height or 0),
-        width=int(stream.codec_context.width or 0),
-    )
 
 
 def _open_video(path: str) -> tuple[Any, Any]:
@@ -182,6 +119,10 @@ def _open_video(path: str) -> tuple[Any, Any]:
         raise ProbeError("missing", path) from None
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise ProbeError("unreadable", _short(e)) from None
+    fmt = container.format.name
+    if is_image_format(fmt):
+        container.close()
+        raise ProbeError("image_not_video", f"container is a still image ({fmt}: {container.format.long_name})")
     if not container.streams.video:
         container.close()
         raise ProbeError("no_video_stream", f"streams: {[s.type for s in container.streams]}")
@@ -316,14 +257,10 @@ def probe_and_sample(
     path, out_path = str(path), Path(out_path)
     precheck(path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    request = {"op": "sample", "path": path, "out": str(tmp), "sha256": sha256,
-               "policy": policy.model_dump(mode="json")}
-    try:
+    with atomic_path(out_path) as tmp:
+        request = {"op": "sample", "path": path, "out": str(tmp), "sha256": sha256,
+                   "policy": policy.model_dump(mode="json")}
         answer = _run_child(request, policy.probe_timeout_s if timeout_s is None else timeout_s)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return SampleResult(
         info=VideoInfo(**answer["info"]), frames=answer["frames"], backend=answer["backend"],
         height=answer["height"], width=answer["width"], fallback_reason=answer.get("fallback_reason"),

@@ -1,0 +1,116 @@
+"""Evaluation: the stage ``srvau evaluate`` and the helper ``srvau eval predictions``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from srvau.cli.context import fail, get_params, stage_tracking
+
+log = logging.getLogger(__name__)
+
+eval_app = typer.Typer(help="Evaluation helpers: score VAU-R1-style prediction files.", no_args_is_help=True)
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    """``["base=models/tiny-base", "grpo=models/grpo"]`` -> ``{"base": ..., "grpo": ...}``."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label.strip() or not path.strip():
+            raise typer.BadParameter(f"expected LABEL=CHECKPOINT, got {spec!r}", param_hint="--model")
+        if label.strip() in out:
+            raise typer.BadParameter(f"label {label.strip()!r} given twice", param_hint="--model")
+        out[label.strip()] = path.strip()
+    return out
+
+
+def evaluate_cmd(
+    ctx: typer.Context,
+    manifest: Optional[Path] = typer.Option(None, help="manifest parquet (default: <paths.ingest>/manifest.parquet)"),
+    model: list[str] = typer.Option([], "--model", help="LABEL=CHECKPOINT, repeatable (default: evaluate.models)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: evaluate.out_dir)"),
+    report: Optional[Path] = typer.Option(None, help="HTML report path (default: evaluate.report)"),
+) -> None:
+    """Evaluate base/SFT/GRPO on the test split (batched generation, all tasks and prompt styles).
+
+    Writes metrics.json (DVC metrics), predictions, plot data and the HTML report, logs them to
+    MLflow and prints the report path on stdout. Missing checkpoints are skipped with a warning.
+    """
+    from srvau.evaluation.inference import ManifestError
+    from srvau.evaluation.judge import JudgeError
+    from srvau.evaluation.stage import evaluate
+
+    p = get_params(ctx)
+    models = parse_models(model) if model else dict(p.evaluate.models)
+    manifest = manifest or p.resolve(p.paths.ingest) / "manifest.parquet"
+    out = out or p.resolve(p.evaluate.out_dir)
+    report = report or p.resolve(p.evaluate.report)
+    with stage_tracking(p, "evaluate"):
+        try:
+            result = evaluate(manifest, models, out, p, report=report)
+        except (ManifestError, FileNotFoundError, JudgeError) as e:
+            raise fail(str(e)) from None
+    log.info("metrics: %s", result["metrics"])
+    typer.echo(result["report"])
+
+
+@eval_app.command("predictions")
+def eval_predictions(
+    task: str = typer.Option(..., "--task", help="qa, tag (temporal grounding) or cls"),
+    annotations: Path = typer.Option(
+        ..., "--annotations", help="VAU-Bench annotation CSV (or imported .parquet)", dir_okay=False
+    ),
+    predictions: Path = typer.Option(
+        ..., "--predictions", help="prediction CSV with 'Video Name' and an answer column", dir_okay=False
+    ),
+    column: Optional[str] = typer.Option(
+        None, "--column", help="answer column (default: QA answer / Temporal Grounding / CLS answer)"
+    ),
+) -> None:
+    """Score a VAU-R1-style prediction CSV; print one JSON object on stdout.
+
+    Percentages are 0-100, rounded to 2 decimals; ``n`` is the number of prediction rows scored.
+    Rows not scored (unmatched, duplicate, no ground truth) are reported on stderr. Exit 1 when no
+    row could be scored, 2 on unreadable input.
+    """
+    from srvau.data.vau_bench import VauBenchFormatError
+    from srvau.evaluation.metrics import TASKS
+    from srvau.evaluation.predictions import PredictionsError, evaluate_predictions
+
+    if task not in TASKS:
+        raise typer.BadParameter(f"must be one of {', '.join(TASKS)}", param_hint="--task")
+    try:
+        result, report = evaluate_predictions(task, annotations, predictions, column)
+    except (PredictionsError, VauBenchFormatError) as e:
+        raise fail(str(e)) from None
+    report.log(task)
+    typer.echo(json.dumps(result))
+    if result["n"] == 0:
+        raise fail("no prediction row matched an annotation row with valid ground truth", 1)
+
+
+@eval_app.command("compare")
+def eval_compare(
+    run: list[str] = typer.Option(..., "--run", help="LABEL=METRICS_JSON:STYLE, repeatable (style: the run's primary prompt style)"),
+    out: Path = typer.Option(Path("reports/compare"), "--out", help="folder for compare.json and report.html"),
+) -> None:
+    """Recipes side by side: the headline metrics of several evaluation runs with 95% intervals."""
+    from srvau.evaluation.compare import compare
+
+    runs: dict[str, tuple[Path, str]] = {}
+    for spec in run:
+        label, sep, rest = spec.partition("=")
+        path, sep2, style = rest.rpartition(":")
+        if not sep or not sep2 or style not in ("reflect", "think", "direct"):
+            raise typer.BadParameter(f"expected LABEL=METRICS_JSON:STYLE, got {spec!r}", param_hint="--run")
+        runs[label] = (Path(path), style)
+    try:
+        result = compare(runs, out)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    typer.echo(json.dumps({"report": str(Path(out) / "report.html"), "runs": list(result["runs"])}))

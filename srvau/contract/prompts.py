@@ -1,0 +1,53 @@
+"""Task prompts, one home for RoCoT generation, GRPO rollouts and evaluation.
+
+Three answer styles (docs/trace-format.md): ``reflect`` (our three-part trace), ``think`` (VAU-R1's single
+pass with reasoning) and ``direct`` (VAU-R1's no-think prompt: the answer alone). The wording of the
+task questions follows VAU-R1's prompts in spirit; exact strings are ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+from srvau.contract.vocab import CLASSES, TASKS
+
+Task = Literal["qa", "grounding", "classification", "description"]
+Style = Literal["reflect", "think", "direct"]
+
+SYSTEM = {
+    "reflect": (
+        "Watch the video and answer in three parts: first reason in <think></think> and answer in "
+        "<answer></answer>; then check that first answer against the video in <reflection></reflection>; "
+        "then reason again in <think></think> and give your final answer in <answer></answer>."
+    ),
+    "think": "Watch the video, reason in <think></think>, then answer in <answer></answer>.",
+    "direct": "Watch the video and answer in <answer></answer> only.",
+}
+
+_GLUE_HINT = " For grounding, add the interval as <glue>[start, end]</glue> in seconds after each answer."
+
+
+def options_text(row: Mapping[str, Any]) -> str:
+    return "\n".join(f"{letter}. {row[f'option_{letter.lower()}']}" for letter in "ABCD")
+
+
+def task_prompt(task: str, row: Mapping[str, Any]) -> str:
+    """The user text for one (video, task); ``row`` is a manifest/RoCoT row."""
+    if task == "qa":
+        return f"{row['question']}\n{options_text(row)}\nAnswer with the option's letter."
+    if task == "grounding":
+        return (
+            "Does an anomaly occur in this video? Answer Anomaly or Normal, and give the anomaly's start "
+            "and end time in seconds as <glue>[start, end]</glue> ([-1.0, -1.0] when normal)."
+        )
+    if task == "classification":
+        return "Which class describes the video? Choose one of: " + ", ".join(CLASSES) + "."
+    if task == "description":
+        return "Describe what happens in the video and explain whether and why it is anomalous."
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def system_prompt(style: str, task: str | None = None) -> str:
+    if style not in SYSTEM:
+        raise ValueError(f"unknown prompt style {style!r}; expected one of {sorted(SYSTEM)}")
+    return SYSTEM[style] + (_GLUE_HINT if task == "grounding" and style != "direct" else "")

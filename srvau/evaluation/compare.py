@@ -1,0 +1,124 @@
+"""Recipes side by side: one table of the headline metrics of several evaluation runs, with 95% intervals.
+
+Input: the ``metrics.json`` of each run (``srvau evaluate``'s output, e.g. of the SRVAU-R1 and the VAU-R1
+recipes run as DVC experiments by ``make compare``). Each recipe is read in its own *primary* prompt style
+(the style it trains for: ``reflect`` for SRVAU-R1, ``think`` for VAU-R1), so each is scored the way it is
+meant to answer. Output: ``compare.json`` (the same numbers, machine-readable) and ``report.html``.
+
+Which recipe "wins" a metric is only stated where the two 95% intervals do not overlap; otherwise the
+report says the difference is not resolved at this sample size.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+# (task, metric) pairs of the headline table, in order.
+HEADLINE: tuple[tuple[str, str], ...] = (
+    ("qa", "accuracy"),
+    ("grounding", "miou"),
+    ("grounding", "r@0.5"),
+    ("classification", "multi_acc"),
+    ("classification", "binary_acc"),
+    ("description", "keyword_recall"),
+)
+
+
+def headline(metrics_by_run: dict[str, dict[str, Any]], model: str, styles: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per headline metric: each run's value and 95% interval for ``model`` in its style."""
+    rows = []
+    for task, key in HEADLINE:
+        row: dict[str, Any] = {"task": task, "metric": key}
+        for run, metrics in metrics_by_run.items():
+            m = metrics.get(model, {}).get(task, {}).get(styles[run], {})
+            row[run] = {"value": m.get(key), "ci95": m.get(f"{key}_ci95"), "n": m.get("n")}
+        row["verdict"] = verdict(row, list(metrics_by_run))
+        rows.append(row)
+    return rows
+
+
+def verdict(row: dict[str, Any], runs: list[str]) -> str:
+    """Which run is ahead, only when the intervals separate it from every other run."""
+    cells = [(r, row[r]["value"], row[r]["ci95"]) for r in runs]
+    if any(v is None or ci is None for _, v, ci in cells):
+        return "n/a"
+    best = max(cells, key=lambda c: c[1])
+    if all(best[2][0] > ci[1] for r, _, ci in cells if r != best[0]):
+        return f"{best[0]} ahead"
+    return "not resolved (intervals overlap)"
+
+
+def compare(runs: dict[str, tuple[Path, str]], out_dir: Path, models: tuple[str, ...] = ("grpo", "sft")) -> dict[str, Any]:
+    """``runs``: label -> (its metrics.json, its primary prompt style). Writes ``out_dir/compare.json`` and
+    ``out_dir/report.html``; returns the comparison."""
+    metrics_by_run: dict[str, dict[str, Any]] = {}
+    for run, (path, _) in runs.items():
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{run}: no metrics file at {path} (did its evaluate stage run?)")
+        metrics_by_run[run] = json.loads(path.read_text())
+    styles = {run: style for run, (_, style) in runs.items()}
+    result = {
+        "runs": {run: {"metrics": str(path), "style": styles[run]} for run, (path, _) in runs.items()},
+        "models": {model: headline(metrics_by_run, model, styles) for model in models},
+        "reflection": {run: m.get(models[0], {}).get("reflection", {}) for run, m in metrics_by_run.items() if styles[run] == "reflect"},
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "report.html").write_text(render(result))
+    return result
+
+
+def _cell(c: dict[str, Any]) -> str:
+    if c["value"] is None:
+        return "&ndash;"
+    ci = c.get("ci95")
+    ci_s = f' <span class="ci">[{ci[0]:.1f}, {ci[1]:.1f}]</span>' if ci else ""
+    return f"{c['value']:.2f}{ci_s} <span class=\"ci\">n={c.get('n')}</span>"
+
+
+def render(result: dict[str, Any]) -> str:
+    runs = list(result["runs"])
+    head = "".join(f"<th>{html.escape(r)} ({html.escape(result['runs'][r]['style'])})</th>" for r in runs)
+    sections = []
+    for model, rows in result["models"].items():
+        body = "".join(
+            f"<tr><td>{html.escape(r['task'])}</td><td>{html.escape(r['metric'])}</td>"
+            + "".join(f'<td class="num">{_cell(r[run])}</td>' for run in runs)
+            + f"<td>{html.escape(r['verdict'])}</td></tr>"
+            for r in rows
+        )
+        sections.append(
+            f"<h2>{html.escape(model)}</h2><table><thead><tr><th>task</th><th>metric</th>{head}<th>verdict</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>"
+        )
+    refl = []
+    for run, tasks in result["reflection"].items():
+        for task, m in tasks.items():
+            refl.append(
+                f"<tr><td>{html.escape(run)}</td><td>{html.escape(task)}</td>"
+                + "".join(f'<td class="num">{m.get(k) if m.get(k) is not None else "&ndash;"}</td>'
+                          for k in ("first_accuracy", "final_accuracy", "wrong_to_right", "right_to_wrong", "malformed_share"))
+                + "</tr>"
+            )
+    refl_html = (
+        "<h2>Reflection (first model)</h2><table><thead><tr><th>run</th><th>task</th><th>first acc</th><th>final acc</th>"
+        "<th>wrong&rarr;right</th><th>right&rarr;wrong</th><th>malformed %</th></tr></thead><tbody>"
+        + "".join(refl) + "</tbody></table>"
+        if refl else "<p>No reflection-style outputs (single-pass recipes have none).</p>"
+    )
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>srvau: recipes compared</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ccc;padding:3px 8px}} th{{background:#f0f0f0}} td.num{{text-align:right}} span.ci{{color:#777;font-size:12px}}</style>
+</head><body><h1>Recipes compared: {html.escape(' vs '.join(runs))}</h1>
+<p>Each recipe in its own primary prompt style (in brackets), demo test split. Values in %, with 95% intervals
+(Wilson for proportions, normal approximation for means) and the number of scored samples. A recipe is called
+ahead only where its interval lies above every other's.</p>
+{''.join(sections)}
+{refl_html}
+</body></html>
+"""

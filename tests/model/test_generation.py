@@ -1,0 +1,106 @@
+"""The one generation path (srvau.modeling.generation): explicit settings, batching, sampling seeds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from srvau.modeling.generation import GenerationSettings, chat_text, generate, generation_config
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, params):
+    from srvau.modeling import load_model, load_processor
+
+    return load_model(tiny_model_dir, params.model).eval(), load_processor(tiny_model_dir, params.model)
+
+
+@pytest.fixture(scope="module")
+def prompts(ingest_dir):
+    """Three (chat-free) prompts on three cached clips of the demo test split."""
+    from srvau.contract.prompts import system_prompt
+
+    m = pd.read_parquet(ingest_dir / "manifest.parquet")
+    rows = m[m["split"] == "test"].head(3)
+    return [("What happens in the video?", system_prompt("reflect"), str(ingest_dir / fp)) for fp in rows["frames_path"]]
+
+
+def _texts(proc, prompts):
+    return [chat_text(proc, p, s) for p, s, _ in prompts]
+
+
+def test_checkpoint_generation_config_does_not_leak(tiny, tiny_model_dir, params, prompts, tmp_path):
+    """A checkpoint's generation_config.json (Qwen's Hub file carries a repetition penalty) changes
+    nothing unless asked for: transformers fills every field a passed config leaves unset from it."""
+    from srvau.modeling import load_model
+
+    model, proc = tiny
+    texts, clips = _texts(proc, prompts), [c for *_, c in prompts]
+    plain = generate(model, proc, texts, clips, GenerationSettings(max_new_tokens=24), batch_size=3)
+    assert any(len(set(g.token_ids)) < len(g.token_ids) for g in plain), "the random model must repeat a token"
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, ckpt)
+    gc_file = ckpt / "generation_config.json"
+    gc = json.loads(gc_file.read_text()) if gc_file.exists() else {}
+    gc.update({"repetition_penalty": 1.05, "no_repeat_ngram_size": 1, "do_sample": False})
+    gc_file.write_text(json.dumps(gc))
+    hub_like = load_model(ckpt, params.model).eval()
+    assert hub_like.generation_config.no_repeat_ngram_size == 1
+
+    same = generate(hub_like, proc, texts, clips, GenerationSettings(max_new_tokens=24), batch_size=3)
+    assert [g.token_ids for g in same] == [g.token_ids for g in plain]
+    cfg = generation_config(hub_like, proc.tokenizer, GenerationSettings())
+    assert cfg.repetition_penalty == 1.0 and cfg.no_repeat_ngram_size == 0 and cfg.do_sample is False
+
+    # the explicit opt-in decodes with the file's settings: no token twice
+    opted = generate(hub_like, proc, texts, clips, GenerationSettings(max_new_tokens=24, use_checkpoint_defaults=True), batch_size=3)
+    assert all(len(set(g.token_ids)) == len(g.token_ids) for g in opted)
+    assert [g.token_ids for g in opted] != [g.token_ids for g in plain]
+
+
+def test_generate_batches_loads_cache_paths_and_trims(tiny, prompts):
+    """Paths are loaded per batch; batches of 2 (left padded) give the tokens of one at a time."""
+    from srvau.video.cache import load_frames
+
+    model, proc = tiny
+    texts, paths = _texts(proc, prompts), [c for *_, c in prompts]
+    settings = GenerationSettings(max_new_tokens=8)
+    seen = []
+    batched = generate(model, proc, texts, paths, settings, batch_size=2, on_batch=seen.append)
+    singles = generate(model, proc, texts, [load_frames(p) for p in paths], settings, batch_size=1)
+    assert seen == [2, 1]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in singles]
+    assert [g.text for g in batched] == [g.text for g in singles]
+    assert all(0 < len(g.token_ids) <= 8 and g.prompt_tokens > 0 for g in batched)
+    with pytest.raises(FileNotFoundError, match="frame cache entry"):
+        generate(model, proc, texts[:1], [paths[0] + ".gone"], settings, batch_size=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        generate(model, proc, texts, paths, settings, batch_size=0)
+
+
+def test_sampling_is_seeded_and_uses_the_settings(tiny, prompts):
+    model, proc = tiny
+    texts, paths = _texts(proc, prompts), [c for *_, c in prompts]
+    hot = GenerationSettings(max_new_tokens=12, temperature=1.5, top_p=0.9, seed=7)
+    cfg = generation_config(model, proc.tokenizer, hot)
+    assert cfg.do_sample and cfg.temperature == 1.5 and cfg.top_p == 0.9
+    a = generate(model, proc, texts, paths, hot, batch_size=3)
+    b = generate(model, proc, texts, paths, hot, batch_size=3)
+    c = generate(model, proc, texts, paths, GenerationSettings(max_new_tokens=12, temperature=1.5, top_p=0.9, seed=8), batch_size=3)
+    greedy = generate(model, proc, texts, paths, GenerationSettings(max_new_tokens=12), batch_size=3)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]  # same seed, same samples
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+    assert [g.token_ids for g in a] != [g.token_ids for g in greedy]
+
+
+def test_settings_reject_nonsense():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationSettings(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationSettings(top_p=0)
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationSettings(temperature=-1)

@@ -1,0 +1,205 @@
+"""Model registration, gated promotion and the registered model itself, in a real MLflow registry (sqlite).
+
+The registered model is checked against the evaluation: loaded by alias, it must answer a demo video
+with exactly the text the evaluate stage stored for that model, prompt and style; and (slow) it must do
+so from a fresh virtualenv holding only its declared requirements, outside this checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import pandas as pd
+import pytest
+
+from srvau.config import load_params
+from srvau.io import read_jsonl
+from srvau.tracking.registry import promote, register
+from srvau.tracking.runs import stage_run, tracking_uri
+
+
+def _isolate(params, tmp: Path) -> None:
+    """Create the run's experiment with its artifacts under ``tmp`` (not the project's mlruns/)."""
+    mlflow.set_tracking_uri(tracking_uri(params))
+    if mlflow.get_experiment_by_name(params.tracking.experiment) is None:
+        mlflow.create_experiment(params.tracking.experiment, artifact_location=(tmp / "artifacts").as_uri())
+
+
+@pytest.fixture()
+def reg_params(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    p = load_params(overrides={"tracking.registered_model": "srvau-test"})
+    _isolate(p, tmp_path)
+    return p
+
+
+def _metrics(tmp_path, name, acc):
+    p = tmp_path / name
+    p.write_text(json.dumps({
+        "grpo": {"qa": {"reflect": {"accuracy": acc}}, "grounding": {"reflect": {"r@0.3": 12.5}}},
+        "base": {"qa": {"reflect": {"accuracy": 1.0}}},
+    }))
+    return p
+
+
+def test_register_promote_and_load_by_alias(tmp_path, reg_params, tiny_model_dir, ingest_dir):
+    with stage_run(reg_params, "register"):
+        first = register(tiny_model_dir, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
+    assert first["version"] == "1" and first["promotion"]["version"] == "1"  # no champion yet: promoted
+    with stage_run(reg_params, "register"):
+        second = register(tiny_model_dir, _metrics(tmp_path, "m2.json", 40.0), reg_params, tmp_path / "r2.json")
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("srvau-test", "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == "1"  # worse: not promoted
+    assert "worse" in second["promotion"]["reason"]
+    # metrics of the registered model (not the base model's) are version tags
+    tags = client.get_model_version("srvau-test", "2").tags
+    assert tags["metric.qa.reflect.accuracy"] == "40.0"
+    assert tags["metric.grounding.reflect.r_at_0.3"] == "12.5"  # '@' is not allowed in tag names
+    with pytest.raises(ValueError, match="worse"):
+        promote(reg_params, version="2")
+    assert promote(reg_params, version="2", force=True)["previous"] == "1"
+    assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == "2"
+
+    manifest = pd.read_parquet(ingest_dir / "manifest.parquet")
+    frames = str(ingest_dir / manifest.iloc[0]["frames_path"])
+    model = mlflow.pyfunc.load_model("models:/srvau-test@champion")
+    out = model.predict(pd.DataFrame([{"frames_path": frames, "prompt": "What happens?"}]), params={"max_new_tokens": 5})
+    assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_register_rejects_a_non_checkpoint(tmp_path, reg_params):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a safetensors checkpoint"):
+        register(tmp_path / "empty", None, reg_params, tmp_path / "r.json")
+
+
+# ----------------------------------------------------------------------------- the registered model
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, ingest_dir, tiny_model_dir):
+    """A small evaluation of the tiny model (the evaluate stage), then that model registered as @champion."""
+    from srvau.evaluation.stage import evaluate
+
+    tmp = tmp_path_factory.mktemp("champion")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        p = load_params(overrides={
+            "tracking.registered_model": "srvau-champ", "tracking.experiment": "registry-champion",
+            "evaluate.limit": 2, "evaluate.tasks": ["qa", "grounding"], "evaluate.styles": ["reflect", "think"],
+            "evaluate.max_new_tokens": 12, "evaluate.batch_size": 4, "register.model_label": "grpo",
+        })
+        _isolate(p, tmp)
+        evaluate(ingest_dir / "manifest.parquet", {"grpo": str(tiny_model_dir)}, tmp / "eval", p)
+        with stage_run(p, "register"):
+            result = register(tiny_model_dir, tmp / "eval" / "metrics.json", p, tmp / "registry.json")
+        assert str(mlflow.MlflowClient().get_model_version_by_alias("srvau-champ", "champion").version) == result["version"]
+        records = read_jsonl(tmp / "eval" / "predictions" / "grpo.jsonl")
+        m = pd.read_parquet(ingest_dir / "manifest.parquet")
+        rows = {r["video_id"]: r for r in m.to_dict("records")}
+        videos = {v: str(Path(r["source_csv"]).parent / "videos" / r["video_name"]) for v, r in rows.items()}
+        frames = {v: str(ingest_dir / r["frames_path"]) for v, r in rows.items()}
+        yield SimpleNamespace(params=p, tmp=tmp, uri=tracking_uri(p), records=records, videos=videos, frames=frames,
+                              model=mlflow.pyfunc.load_model("models:/srvau-champ@champion"))
+
+
+def _questions(champion, style: str, source: str = "video_path") -> tuple[pd.DataFrame, list[str]]:
+    recs = [r for r in champion.records if r["style"] == style]
+    paths = champion.videos if source == "video_path" else champion.frames
+    df = pd.DataFrame([{"prompt": r["prompt"], "task": r["task"], source: paths[r["video_id"]]} for r in recs])
+    return df, [r["output"] for r in recs]
+
+
+def test_champion_answers_like_the_evaluation(champion):
+    """Loaded by alias, given the mp4 (sampled like ingest) or the cached clip, with only the style as a
+    param (no system column): exactly the evaluation's stored text, for every prompt and style."""
+    assert {r["style"] for r in champion.records} == {"reflect", "think"} and len(champion.records) >= 4
+    for style in ("reflect", "think"):
+        videos, expected = _questions(champion, style)
+        # reflect is the default style, and the evaluation's max_new_tokens the default budget
+        assert champion.model.predict(videos, params=None if style == "reflect" else {"style": style}) == expected
+        frames, _ = _questions(champion, style, "frames_path")
+        assert champion.model.predict(frames, params={"style": style, "max_new_tokens": 12}) == expected
+
+
+def test_registered_model_is_code_not_pickle_with_its_requirements(champion):
+    from mlflow.models import Model
+
+    local = Path(mlflow.artifacts.download_artifacts("models:/srvau-champ@champion", dst_path=str(champion.tmp / "dl")))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".pkl", ".pickle"))]
+    assert "code/srvau/modeling/generation.py" in files and not [f for f in files if "__pycache__" in f]
+    reqs = (local / "requirements.txt").read_text()
+    for pkg in ("torch==", "transformers==", "decord==", "av==", "pydantic==", "mlflow=="):
+        assert pkg in reqs
+    for heavy in ("prefect", "dvc", "trl", "great-expectations"):  # the training stack stays behind
+        assert heavy not in reqs
+    sig = Model.load(local).signature
+    assert {p.name: p.default for p in sig.params.params} == {"max_new_tokens": 12, "style": "reflect"}
+
+
+def test_registered_model_params_and_bad_inputs(champion, demo_dir):
+    model = champion.model
+    vid = next(iter(champion.videos.values()))
+    q = pd.DataFrame([{"prompt": "What happens in the video?", "video_path": vid}])
+    short, = model.predict(q, params={"max_new_tokens": 3})
+    long, = model.predict(q, params={"max_new_tokens": 12})
+    assert short and long != short and long.startswith(short)  # greedy: the short answer is a prefix
+
+    with pytest.raises(ValueError, match="unknown style 'poem'"):
+        model.predict(q, params={"style": "poem"})
+    with pytest.raises(FileNotFoundError, match="video_path .*missing.mp4 not found"):
+        model.predict(pd.DataFrame([{"prompt": "x", "video_path": str(demo_dir / "missing.mp4")}]))
+    with pytest.raises(ValueError, match="is not a frame-cache entry"):
+        model.predict(pd.DataFrame([{"prompt": "x", "frames_path": vid}]))  # an mp4 where frames are expected
+    with pytest.raises(ValueError, match="exactly one of 'video_path'"):
+        model.predict(pd.DataFrame([{"prompt": "x", "video_path": vid, "frames_path": champion.frames[next(iter(champion.frames))]}]))
+    with pytest.raises(ValueError, match="unknown task 'poem'"):
+        model.predict(pd.DataFrame([{"prompt": "x", "video_path": vid, "task": "poem"}]))
+    not_video = champion.tmp / "notes.mp4"
+    not_video.write_text("not a video")
+    with pytest.raises(ValueError, match="not a usable video"):
+        model.predict(pd.DataFrame([{"prompt": "x", "video_path": str(not_video)}]))
+
+
+@pytest.mark.slow
+def test_champion_travels_to_a_fresh_virtualenv(champion, tmp_path):
+    """A new virtualenv (no system site-packages) with only the model's declared requirements loads
+    models:/NAME@champion from another folder, without srvau installed or on the path, and answers
+    exactly as the evaluation did."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    reqs = mlflow.pyfunc.get_model_dependencies("models:/srvau-champ@champion")
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", reqs], check=True, timeout=1500)
+
+    videos, expected = _questions(champion, "reflect")
+    videos.to_json(tmp_path / "questions.json", orient="records")
+    (tmp_path / "load.py").write_text(textwrap.dedent("""
+        import importlib.util, json, sys
+        import mlflow, pandas as pd
+        assert importlib.util.find_spec("srvau") is None, "srvau must not be installed here"
+        model = mlflow.pyfunc.load_model("models:/srvau-champ@champion")
+        import srvau
+        out = model.predict(pd.read_json("questions.json", orient="records"), params={"style": "reflect"})
+        print("RESULT " + json.dumps({"outputs": out, "srvau": srvau.__file__, "path": sys.path}))
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["MLFLOW_TRACKING_URI"] = champion.uri
+    proc = subprocess.run([str(py), "load.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))
+    checkout = str(Path(__file__).resolve().parents[2])
+    assert not result["srvau"].startswith(checkout) and "/code/srvau/" in result["srvau"]
+    assert not any(p.startswith(checkout) for p in result["path"])
+    assert result["outputs"] == expected

@@ -1,0 +1,87 @@
+"""The offline tiny Qwen2.5-VL: saved like a Hub checkpoint, reloaded, generating from a real video."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from decord import VideoReader, cpu
+
+from srvau.contract.trace import parse_trace, render_trace
+from srvau.modeling import load_model, load_processor, vision_token_ids
+from srvau.modeling.inputs import processor_inputs, user_message
+from srvau.modeling.tiny import REFLECTION_TAGS
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir, params):
+    return load_model(tiny_model_dir, params.model), load_processor(tiny_model_dir, params.model)
+
+
+def test_checkpoint_is_safetensors_with_processor(tiny_model_dir):
+    names = {p.name for p in tiny_model_dir.iterdir()}
+    assert "model.safetensors" in names and "config.json" in names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    assert {"tokenizer.json", "processor_config.json"} <= names or "preprocessor_config.json" in names
+
+
+def test_tokenizer_round_trips_reflection_tags(loaded):
+    _, proc = loaded
+    tok = proc.tokenizer
+    for tag in REFLECTION_TAGS:
+        ids = tok(tag, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, (tag, ids)
+    text = render_trace("orange flames", "B", "The flames are real.", "Flames at the bottom.", "B", (1.5, 4.0), (1.5, 4.0))
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    assert parse_trace(tok.decode(ids)).reflective
+
+
+def test_generate_from_a_real_decoded_video(loaded, demo_dir):
+    model, proc = loaded
+    path = sorted((demo_dir / "videos").glob("*.mp4"))[0]
+    vr = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+    idx = np.linspace(0, len(vr) - 1, 8).round().astype(int)
+    frames = vr.get_batch(idx).asnumpy()
+    meta = {"fps": vr.get_avg_fps(), "total_num_frames": len(vr), "frames_indices": idx.tolist(), "duration_s": len(vr) / vr.get_avg_fps()}
+    text = proc.apply_chat_template(user_message("What happens?"), add_generation_prompt=True, tokenize=False)
+    inputs = processor_inputs(proc, [text], [frames], [meta])
+    assert "mm_token_type_ids" in inputs and "second_per_grid_ts" in inputs
+    n_video_tokens = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    assert n_video_tokens == t * h * w // 4  # spatial merge 2x2
+    # time positions follow the real fps: 2 frames per temporal patch / sampled fps
+    sampled_fps = len(idx) / len(vr) * vr.get_avg_fps()
+    assert float(inputs["second_per_grid_ts"][0]) == pytest.approx(2 / sampled_fps, rel=1e-3)
+    torch.manual_seed(0)
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=True, suppress_tokens=vision_token_ids(proc.tokenizer))
+    new = out[0, inputs["input_ids"].shape[1] :]
+    assert len(new) > 0
+    assert not set(new.tolist()) & set(vision_token_ids(proc.tokenizer))
+
+
+def test_video_changes_the_logits(loaded, demo_dir):
+    """The video actually reaches the language model (not silently dropped)."""
+    model, proc = loaded
+    paths = sorted((demo_dir / "videos").glob("*.mp4"))[:2]
+    text = proc.apply_chat_template(user_message("What happens?"), add_generation_prompt=True, tokenize=False)
+    logits = []
+    for p in paths:
+        vr = VideoReader(str(p), ctx=cpu(0), num_threads=1)
+        idx = np.linspace(0, len(vr) - 1, 8).round().astype(int)
+        meta = {"fps": vr.get_avg_fps(), "total_num_frames": len(vr), "frames_indices": idx.tolist()}
+        with torch.no_grad():
+            logits.append(model(**processor_inputs(proc, [text], [vr.get_batch(idx).asnumpy()], [meta])).logits[0, -1])
+    assert not torch.allclose(logits[0], logits[1])
+
+
+def test_loader_rejects_non_checkpoints(tmp_path, params):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path / "empty", params.model)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "missing", params.model)
+
+
+def test_trust_remote_code_is_off_by_default(params):
+    assert params.model.trust_remote_code is False
