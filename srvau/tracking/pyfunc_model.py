@@ -21,7 +21,6 @@ reflect: the system prompt of that style). Output: the generated texts, one per 
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,9 @@ INPUT_COLUMNS = ("prompt", "video_path", "frames_path", "task", "system")
 
 def _given(v: Any) -> str | None:
     """A cell's text, or None for a missing cell (None, NaN, blank)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    s = str(v)
-    return s if s.strip() else None
+    from srvau.contract.vocab import optional_text
+
+    return optional_text(v)
 
 
 class VideoAnomalyModel(PythonModel):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from srvau.compat import ensure_torchvision
+from srvau.contract.vocab import is_missing
 
 ensure_torchvision()  # before transformers: trainer imports pull torchvision (srvau.compat)
 
@@ -183,7 +184,7 @@ def trainable_parameters(model) -> dict[str, int]:
 
 def resolve_frames_path(frames_path: str | Path, params) -> Path:
     """RoCoT's ``frames_path`` is absolute or relative to the project root (``Params.resolve``)."""
-    if frames_path is None or (isinstance(frames_path, float) and math.isnan(frames_path)) or str(frames_path) == "":
+    if is_missing(frames_path):
         raise ValueError("sample has no frames_path: the video was not ingested into the frame cache")
     return params.resolve(frames_path)
 

@@ -66,6 +66,7 @@ from srvau.config import GrpoConfig, Params  # noqa: E402
 from srvau.modeling.inputs import processor_inputs  # noqa: E402
 from srvau.modeling.loading import vision_token_ids  # noqa: E402
 from srvau.contract.trace import completion_text  # noqa: E402
+from srvau.contract.vocab import is_missing  # noqa: E402
 from srvau.training.rewards import difficulty_keep, final_correct, get_reward_funcs, truths  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _attach_video(self, x: dict[str, Any]) -> dict[str, Any]:
         ref = x[VIDEO_COLUMN]
-        if ref is None or (isinstance(ref, float) and math.isnan(ref)):
+        if is_missing(ref):
             return x
         return {**x, "prompt": with_video(x["prompt"], str(ref))}
 
@@ -408,10 +409,6 @@ class VideoGRPOTrainer(GRPOTrainer):
 # ----------------------------------------------------------------------------- the stage
 
 
-def _nan(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
 def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -> list[dict[str, Any]]:
     """GRPO prompts from RoCoT rows: tasks with verifiable rewards only, one row per sample, the
     conversational prompt (system + task prompt, no completion), the video reference, and the ground
@@ -426,7 +423,7 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
         sid = r.get("sample_id") or f"{r.get('video_id')}:{r['task']}"
         if sid in out:
             continue
-        if _nan(r.get("frames_path")):
+        if is_missing(r.get("frames_path")):
             raise ValueError(f"RoCoT sample {sid} has no frames_path: its video was not ingested")
         system = system_prompt(cfg.prompt_style, r["task"]) if cfg.prompt_style else r.get("system")
         prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": r["prompt"]}]

@@ -185,6 +185,15 @@ def test_every_stage_depends_on_the_modules_its_command_imports():
     assert uncovered_deps(_dvc_stages()) == {}
 
 
+def test_every_code_dep_exists():
+    """A dep on a file that is gone makes `dvc repro` fail ("does not exist as an output or a stage name")."""
+    for name, stage in _dvc_stages().items():
+        for d in stage.get("deps", []):
+            d = d if isinstance(d, str) else next(iter(d))
+            if d.startswith("srvau/"):
+                assert (ROOT / d).exists(), f"stage {name}: dep {d} does not exist"
+
+
 def test_removing_a_dep_is_caught():
     stages = _dvc_stages()
     stages["grpo"]["deps"] = [d for d in stages["grpo"]["deps"] if d != "srvau/contract"]

@@ -81,7 +81,3 @@ def test_loader_rejects_non_checkpoints(tmp_path, params):
         load_model(tmp_path / "empty", params.model)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "missing", params.model)
-
-
-def test_trust_remote_code_is_off_by_default(params):
-    assert params.model.trust_remote_code is False
