@@ -12,6 +12,10 @@ warning when it does not. A failed ``dvc push`` at the end is a warning too (``p
 ``warnings`` in the flow's result, the ``srvau.dvc_push`` tag in MLflow): the work is done and stays
 in the local DVC cache for a later push.
 
+Under a recipe the demo-only stages run only when the recipe uses what they make
+(:func:`demo_only_skips`): ``synth`` when its annotations live under ``paths.demo``, ``build_tiny``
+when its base model is the tiny model's folder.
+
     python -m flows.pipeline [--recipe configs/paper-3b.yaml] [--stages synth build_tiny ...]
 """
 
@@ -44,6 +48,28 @@ def available_stages() -> list[str]:
 
     declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     return [s for s in STAGES if s in declared]
+
+
+def _stage_outs(stage: str) -> list[str]:
+    import yaml
+
+    outs = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage].get("outs", [])
+    return [next(iter(o)) if isinstance(o, dict) else o for o in outs]
+
+
+def demo_only_skips(params) -> dict[str, str]:
+    """The demo-only stages a recipe does not use, each with why: ``synth`` unless some
+    ``ingest.annotations`` file lies under ``paths.demo``; ``build_tiny`` unless ``model.base`` is the
+    folder that stage writes (its out in dvc.yaml). A paper-scale recipe then neither synthesises
+    demo videos nor builds a random model it never loads."""
+    demo = params.resolve(params.paths.demo).resolve()
+    skips = {}
+    if not any(params.resolve(a).resolve().is_relative_to(demo) for a in params.ingest.annotations):
+        skips["synth"] = f"ingest.annotations lie outside paths.demo ({params.paths.demo})"
+    tiny = [(ROOT / o).resolve() for o in _stage_outs("build_tiny")]
+    if params.resolve(params.model.base).resolve() not in tiny:
+        skips["build_tiny"] = f"model.base is {params.model.base}, not the tiny model ({', '.join(_stage_outs('build_tiny'))})"
+    return skips
 
 
 def _dvc() -> str:
@@ -175,6 +201,11 @@ def pipeline(recipe: str | None = None, stages: list[str] | None = None, push: b
     params = load_params(recipe=recipe)
     configure(params)
     todo = stages or available_stages()
+    if recipe:
+        skipped = demo_only_skips(params)
+        for stage in [s for s in todo if s in skipped]:
+            get_run_logger().info("skipping %s under recipe %s: %s", stage, recipe, skipped[stage])
+        todo = [s for s in todo if s not in skipped]
     warnings: list[str] = []
     remote = _Remote()
     push_status = "skipped"

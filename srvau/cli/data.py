@@ -1,4 +1,5 @@
-"""Data commands: ``srvau data synth``, ``srvau data import-vau-bench`` and the ingest stage ``srvau ingest``.
+"""Data commands: ``srvau data synth``, ``srvau data import-vau-bench``, ``srvau data placeholders`` and the
+ingest stage ``srvau ingest``.
 
 ``srvau ingest --annotations`` accepts, in any mix: several values after one flag (``--annotations a.csv
 b.csv``), the flag repeated (``--annotations a.csv --annotations b.csv``) and comma-separated lists
@@ -80,6 +81,26 @@ def import_vau_bench(
     typer.echo(json.dumps(result.summary()))
     if result.rows.empty:
         raise fail(f"no valid row in {csv}", 1)
+
+
+@data_app.command("placeholders")
+def data_placeholders(
+    csv: list[Path] = typer.Option(..., "--csv", help="a VAU-Bench annotation CSV (repeatable)", dir_okay=False),
+    out: Path = typer.Option(..., "--out", help="the video root ingest reads (ingest.video_root)"),
+    limit_per_csv: int = typer.Option(4, "--limit-per-csv", min=1, help="videos per CSV: its first N rows"),
+) -> None:
+    """Write small real mp4 placeholders for the first N videos of each CSV, where ingest looks them up
+    (a rehearsal without the non-redistributable VAU-Bench videos); print the counts as JSON."""
+    from srvau.data.placeholders import write_placeholders
+
+    missing = [str(c) for c in csv if not c.is_file()]
+    if missing:
+        raise typer.BadParameter(f"annotation file(s) not found: {', '.join(missing)}", param_hint="--csv")
+    try:
+        counts = write_placeholders(csv, out, limit_per_csv)
+    except VauBenchFormatError as e:
+        raise fail(str(e)) from None
+    typer.echo(json.dumps({"out": str(out), **counts}))
 
 
 def split_annotation_args(values: list[str]) -> list[Path]:

@@ -52,7 +52,8 @@ def sft_cmd(
 
     with stage_tracking(p, "sft"):
         try:
-            result = sft(rocot_dir, model, out_dir, p)
+            with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout is for the summary
+                result = sft(rocot_dir, model, out_dir, p)
         except (FileNotFoundError, ValueError) as e:
             raise fail(str(e)) from None
     text = json.dumps(result)

@@ -326,3 +326,17 @@ def test_missing_quarantine_file_is_an_input_error(tmp_path, manifest, params, c
     manifest.to_parquet(tmp_path / "manifest.parquet", index=False)
     with pytest.raises(GateInputError, match="quarantine.jsonl not found"):
         run_gate(tmp_path / "manifest.parquet", None, tmp_path / "reports", params, context)
+
+
+def test_a_row_repeating_a_kept_video_is_not_counted_as_lost():
+    """VAU-Bench's val.csv repeats every row of ucf_subset_val.csv: ingest quarantines the repeats, but no data
+    is missing, so they must not push the split over validate.max_quarantine_share."""
+    import pandas as pd
+
+    from srvau.validation.suites import split_summary
+
+    manifest = pd.DataFrame({"split": ["val"] * 3, "start_s": [0.0] * 3, "end_s": [0.0] * 3, "interval_kind": ["normal"] * 3})
+    repeats = [{"split": "val", "why": "duplicate_video_id"}] * 3
+    missing = [{"split": "val", "why": "missing"}]
+    summary = split_summary(manifest, repeats + missing).set_index("split")
+    assert summary.loc["val", "quarantined_rows"] == 1 and summary.loc["val", "quarantine_share"] == 0.25

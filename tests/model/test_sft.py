@@ -476,7 +476,7 @@ def test_cli_runs_the_stage_and_rejects_missing_data(rocot_dir, tiny_model_dir, 
         [*sets, "sft", "--rocot", str(rocot_dir), "--base-model", str(tiny_model_dir), "--out", str(out), "--metrics", str(metrics)],
     )
     assert res.exit_code == 0, res.output
-    printed = json.loads(res.stdout.strip().splitlines()[-1])
+    printed = json.loads(res.stdout)  # stdout carries the summary alone: the Trainer logs to stderr
     assert printed["global_step"] == 2 and json.loads(metrics.read_text()) == printed
     assert (out / "merged" / "model.safetensors").is_file()
 
