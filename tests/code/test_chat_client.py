@@ -58,13 +58,21 @@ class Endpoint:
                     ep.requests.append({"headers": dict(self.headers), "json": body})
                     ep.in_flight += 1
                     ep.max_in_flight = max(ep.max_in_flight, ep.in_flight)
+                self._counted = True
                 try:
                     self._act(action)
                 except (BrokenPipeError, ConnectionResetError):
                     ep.hung_up.set()
                 finally:
+                    self._answered()
+
+            def _answered(self):
+                # A request stops counting as in flight when its answer starts: the client may release its
+                # slot and send the next one before this thread gets to run again (a race on a busy machine).
+                if getattr(self, "_counted", False):
                     with ep.lock:
                         ep.in_flight -= 1
+                    self._counted = False
 
             def _act(self, action: str):
                 if action in ("ok", "slow"):
@@ -97,6 +105,7 @@ class Endpoint:
                     time.sleep(1.0)
 
             def _send(self, code: int, data: bytes, headers: dict | None = None):
+                self._answered()
                 self.send_response(code)
                 for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
                     self.send_header(k, v)
