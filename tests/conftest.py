@@ -18,6 +18,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Tests import transformers directly too: the torchvision op schemas must be registered first, as srvau's
+# own modules do (srvau/compat.py), or a test file run alone fails on "torchvision::nms does not exist".
+from srvau.compat import ensure_torchvision  # noqa: E402
+
+ensure_torchvision()
+
 SHARED_VAU_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "vau-bench"
 
 # Small but real: every split present, every default class drawn at least once in train.
@@ -70,6 +76,23 @@ def ingest_dir(tmp_path_factory, params, demo_dir) -> Path:
     result = ingest(sorted(demo_dir.glob("*.csv")), demo_dir / "videos", out, params)
     assert not result.failed, result.failure
     return out
+
+
+@pytest.fixture(scope="session")
+def train_rocot(tmp_path_factory, demo_dir):
+    """``train_rocot(params)``: the demo's train split through the real ingest and cot stages under
+    ``params`` (a fresh folder each call); returns the RoCoT folder."""
+    from srvau.cot.builder import build_rocot
+    from srvau.data.ingest import ingest
+
+    def make(params) -> Path:
+        tmp = tmp_path_factory.mktemp("train-rocot")
+        result = ingest([demo_dir / "train.csv"], demo_dir / "videos", tmp / "ingest", params)
+        assert not result.failed, result.failure
+        build_rocot(tmp / "ingest" / "manifest.parquet", tmp / "rocot", params)
+        return tmp / "rocot"
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from srvau.data.synth import write_mp4
 from srvau.data.vau_bench import read_vau_bench, split_prefix
 
 log = logging.getLogger(__name__)
@@ -89,27 +90,6 @@ def render(p: Placeholder) -> tuple[list[np.ndarray], Fraction]:
     return frames, fps
 
 
-def write_clip(path: Path, frames: list[np.ndarray], fps: Fraction) -> None:
-    """H.264 mp4 with deterministic bytes (the settings of srvau.data.synth.write_mp4), written as mp4
-    whatever the file's name: VAU-Bench names may lack an extension."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = SIZE, SIZE
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
-        stream.thread_count = 1
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.replace(path)  # a kill mid-write leaves no half file where ingest looks
-
-
 def write_placeholders(csvs: list[Path], out: Path, limit_per_csv: int) -> dict[str, int]:
     """Write the placeholders of :func:`plan` under ``out``; existing files are kept (a re-run is cheap)."""
     written = kept = 0
@@ -119,7 +99,7 @@ def write_placeholders(csvs: list[Path], out: Path, limit_per_csv: int) -> dict[
             kept += 1
             continue
         frames, fps = render(p)
-        write_clip(target, frames, fps)
+        write_mp4(target, frames, fps)
         written += 1
     log.info("placeholders under %s: %d written, %d already there", out, written, kept)
     return {"written": written, "kept": kept}

@@ -24,12 +24,14 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from srvau.config import SynthConfig
+from srvau.io import atomic_path
 from srvau.contract.vocab import LETTERS, NORMAL, canonical_class
 from srvau.data.vau_bench import VAU_COLUMNS
 
@@ -169,12 +171,13 @@ def _draw_event(img: np.ndarray, cls: str, u: float, t: float, px: float, py: fl
         _rect(img, py - 0.02 * h, px - 0.12 * w + 0.1 * w * u, py + 0.12 * h, px - 0.02 * w + 0.1 * w * u, st.color)
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: int) -> None:
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int | Fraction) -> None:
+    """H.264 mp4 with deterministic bytes, written atomically and as mp4 whatever the file's name (a
+    VAU-Bench Video Name may lack its extension)."""
     import av
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     h, w, _ = frames[0].shape
-    with av.open(str(path), mode="w") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"

@@ -208,15 +208,8 @@ def test_mlflow_logging_only_from_the_main_process_into_an_active_run(params):
 
 
 @pytest.fixture(scope="module")
-def rocot_dir(tmp_path_factory, params, demo_dir) -> Path:
-    from srvau.cot.builder import build_rocot
-    from srvau.data.ingest import ingest
-
-    tmp = tmp_path_factory.mktemp("ckpt-data")
-    result = ingest([demo_dir / "train.csv"], demo_dir / "videos", tmp / "ingest", params)
-    assert not result.failed, result.failure
-    build_rocot(tmp / "ingest" / "manifest.parquet", tmp / "rocot", params)
-    return tmp / "rocot"
+def rocot_dir(train_rocot, params) -> Path:
+    return train_rocot(params)
 
 
 def _params(params, *layers: dict):

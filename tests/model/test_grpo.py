@@ -40,15 +40,8 @@ def gparams(params):
 
 
 @pytest.fixture(scope="module")
-def rocot_dir(tmp_path_factory, demo_dir, gparams) -> Path:
-    from srvau.cot.builder import build_rocot
-    from srvau.data.ingest import ingest
-
-    tmp = tmp_path_factory.mktemp("grpo-data")
-    result = ingest([demo_dir / "train.csv"], demo_dir / "videos", tmp / "ingest", gparams)
-    assert not result.failed, result.failure
-    build_rocot(tmp / "ingest" / "manifest.parquet", tmp / "rocot", gparams)
-    return tmp / "rocot"
+def rocot_dir(train_rocot, gparams) -> Path:
+    return train_rocot(gparams)
 
 
 @pytest.fixture(scope="module")
