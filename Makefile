@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow bench compare clean lint
+.PHONY: install run test test-slow bench bench-pipeline compare screenshots clean lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,20 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# params.yaml is composed first: the demo defaults, or RECIPE (a name in configs/recipe/, e.g. RECIPE=paper-3b).
 run: install
-	$(BIN)/python -m flows.pipeline $(if $(RECIPE),--recipe $(RECIPE),)
+	$(BIN)/srvau $(if $(RECIPE),--recipe $(RECIPE),) config compose
+	$(BIN)/python -m flows.pipeline
 
 # The SRVAU-R1 recipe and the VAU-R1 baseline as two DVC experiments, one side-by-side report
 # (reports/compare/report.html). Two full demo runs: not part of `make run`.
 compare: install
 	$(BIN)/python -m flows.compare
+
+# The README's pictures (docs/images/): the evaluation report and the MLflow page of the registered model,
+# taken in headless Chromium after `make run`. Needs a `chromium` binary (Debian: apt-get install chromium).
+screenshots: install
+	$(BIN)/python -m srvau.evaluation.screenshot --out docs/images
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -39,6 +46,10 @@ test-slow: install
 
 bench: install
 	$(BIN)/python bench/ingest.py && $(BIN)/python bench/grpo.py && $(BIN)/python bench/eval.py
+
+# The whole demo flow in a temporary copy, timed: stage compute vs orchestration (~9 min).
+bench-pipeline: install
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf data/demo models reports mlruns mlflow.db .prefect

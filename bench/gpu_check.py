@@ -5,7 +5,7 @@ What runs (no download, nothing but this checkout):
   * the model: Qwen2.5-VL-3B-Instruct's architecture with random weights, built from its config values
     (``QWEN25_VL_3B`` below, copied from the Hub checkpoint's config.json) and a BPE tokenizer trained
     offline; saved as safetensors and loaded back through ``srvau.modeling`` as the stages do;
-  * the data: synthetic clips at the recipe's frame budget (``video.*`` of configs/paper-3b.yaml: a
+  * the data: synthetic clips at the recipe's frame budget (``video.*`` of configs/recipe/paper-3b.yaml: a
     60 s clip at 2 fps under the total-pixel cap, about 3.5k vision tokens) and reflection traces of the
     recipe's lengths (``cot.think_max_words`` / ``answer_max_words``);
   * SFT through ``srvau.training.sft.build_trainer`` (our video collator, TRL's SFTTrainer) and GRPO
@@ -47,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-RECIPE = "configs/paper-3b.yaml"
+RECIPE = "paper-3b"
 NO_CUDA_EXIT = 2
 
 # Qwen2.5-VL-3B-Instruct's config.json (the Hub checkpoint), not transformers' defaults (those are 7B/72B).

@@ -25,15 +25,20 @@ targets, writes JSON to bench/results/ingest.json.
     python bench/ingest.py [--frames 16] [--lengths 10 60 180] [--res 240 480] [--repeats 5]
 
 Part two (``--part cache``) sizes the frame cache: for each clip at the demo settings (params.yaml) and
-at the paper settings (configs/paper-3b.yaml), the bytes of one entry and the time of
+at the paper settings (configs/recipe/paper-3b.yaml), the bytes of one entry and the time of
 ``srvau.video.cache.load_frames`` (the read every training and evaluation step makes), today's layout
-against the previous one (raw uint8 frames in an uncompressed ``np.savez``, rebuilt here from the
+against the raw one (layout 1: uint8 frames in an uncompressed ``np.savez``, rebuilt here from the
 same frames), side by side. Clips: ``texture`` (the scrolling random-block texture above, close to
 noise once downscaled: a worst case for any codec) and ``scene`` (a still, smooth background with
 sensor noise and moving blocks: what a surveillance camera films). Reads are timed warm (file in the
 page cache, best of ``--repeats``) and cold (the file evicted with ``posix_fadvise(DONTNEED)`` first,
-as at paper scale, where 73 GB of raw entries does not stay in memory). It also reports the pixel
-error of the entry against the raw frames, the one-off encode time, and the disk for VAU-Bench's
+as at paper scale, where 73 GB of raw entries does not stay in memory). A third time is training's
+per-sample cost: the read plus the Qwen2.5-VL processor on the frames (resize check, rescale,
+normalise, patchify: what the SFT collator and GRPO do per video), on one torch thread as in a
+DataLoader worker. Layout 3 (H.264 YUV 4:4:4, crf 13, CABAC) is measured alongside as the previous
+compressed layout. It also reports the pixel
+error of the entry against the raw frames (and on the model's input: the processor's normalised
+patches, in 0-255 levels), the one-off encode time, and the disk for VAU-Bench's
 4.6k videos and for 20k. Prints a table, writes JSON to bench/results/ingest_cache.json.
 
     python bench/ingest.py --part cache [--cache-clips texture:60:480 scene:120:720] [--repeats 7]
@@ -266,7 +271,7 @@ def table(report: dict) -> str:
 
 # --- part two: the frame cache -----------------------------------------------------------------------
 
-PAPER_RECIPE = ROOT / "configs" / "paper-3b.yaml"
+PAPER_RECIPE = "paper-3b"
 DATASET_VIDEOS = {"vau_bench_4.6k": 4600, "20k": 20000}
 TARGET_PAPER_MB = 3.0  # bytes per entry at the paper settings
 TARGET_READ_RATIO = 1.2  # load_frames time against the raw layout
@@ -311,9 +316,45 @@ def save_raw_npz(path: Path, clip, info, fingerprint: str) -> None:
 
 
 def load_raw_npz(path: Path) -> np.ndarray:
-    """How the previous layout's load_frames read its frames."""
+    """How the raw layout's load_frames read its frames."""
     with np.load(path, allow_pickle=False) as z:
         return z["frames"]
+
+
+def save_v3_npz(path: Path, frames: np.ndarray) -> None:
+    """The layout before this one (CACHE_VERSION 3), frames only: H.264 High 4:4:4 in YUV, crf 13, CABAC."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=2)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        s.options = {"crf": "13", "preset": "medium", "threads": "1", "x264-params": "asm=0"}
+        for f in frames:
+            for pk in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    np.savez(path, video=np.frombuffer(buf.getvalue(), np.uint8), frame_shape=np.asarray(frames.shape, np.int64))
+
+
+def load_v3_npz(path: Path) -> np.ndarray:
+    """How version 3's load_frames read its frames (decode, then swscale to packed RGB)."""
+    import io
+
+    import av
+
+    with np.load(path, allow_pickle=False) as z:
+        data, shape = z["video"].tobytes(), tuple(int(x) for x in z["frame_shape"])
+    out = np.empty(shape, np.uint8)
+    with av.open(io.BytesIO(data)) as c:
+        st = c.streams.video[0]
+        st.codec_context.thread_type = "AUTO"
+        for i, f in enumerate(c.decode(st)):
+            out[i] = f.to_ndarray(format="rgb24")
+    return out
 
 
 def _evict(path: Path) -> None:
@@ -334,7 +375,34 @@ def _timed(fn, path: Path, cold: bool) -> float:
     return time.perf_counter() - t0
 
 
+def bench_processor(policy):
+    """The real Qwen2.5-VL processor (tiny tokenizer; the video path is the 3B model's) and a chat text."""
+    from srvau.modeling.generation import chat_text
+    from srvau.modeling.tiny import build_processor, train_tokenizer
+
+    proc = build_processor(train_tokenizer(["What happens in this video? Answer with one letter."] * 4, 400), policy)
+    return proc, chat_text(proc, "What happens in this video?", "Think, then answer.")
+
+
+def model_input_error(proc, text: str, want: np.ndarray, got: np.ndarray, meta: dict) -> dict:
+    """Error on what the model sees (the processor's normalised patches), in 0-255 levels."""
+    from srvau.modeling.inputs import processor_inputs
+
+    a = processor_inputs(proc, [text], [want], [meta])["pixel_values_videos"].double()
+    b = processor_inputs(proc, [text], [got], [meta])["pixel_values_videos"].double()
+    std = np.asarray(proc.video_processor.image_std, np.float64)
+    # patches are (T/2 * grid, C * 2 * 14 * 14), channel-major: one std per channel block
+    levels = (a - b).abs().numpy().reshape(a.shape[0], 3, -1) * std[None, :, None] * 255
+    mse = float((levels**2).mean())
+    return {"mae": float(levels.mean()), "max_abs": float(levels.max()),
+            "psnr_db": 10 * np.log10(255.0**2 / mse) if mse else None}
+
+
+LAYOUTS = ("raw", "v3", "new")
+
+
 def measure_cache(video: Path, settings: str, policy, repeats: int, work: Path) -> dict:
+    from srvau.modeling.inputs import processor_inputs
     from srvau.video import cache
     from srvau.video.decode import decode_frames
     from srvau.video.probe import probe_inprocess
@@ -345,35 +413,49 @@ def measure_cache(video: Path, settings: str, policy, repeats: int, work: Path) 
     plan = plan_sampling(tl.times, info.duration_s, info.height, info.width, policy)
     clip = decode_frames(str(video), plan.indices, plan.size, backend=policy.decoder, timeline=tl)
     frames = clip.frames
-    entry, raw = work / f"{video.stem}-{settings}.npz", work / f"{video.stem}-{settings}-raw.npz"
+    paths = {k: work / f"{video.stem}-{settings}-{k}.npz" for k in LAYOUTS}
     t0 = time.perf_counter()
-    cache.save_frames(entry, clip, info=info, fingerprint=plan.fingerprint)
+    cache.save_frames(paths["new"], clip, info=info, fingerprint=plan.fingerprint)
     encode_s = time.perf_counter() - t0
-    save_raw_npz(raw, clip, info, plan.fingerprint)
+    save_raw_npz(paths["raw"], clip, info, plan.fingerprint)
+    save_v3_npz(paths["v3"], frames)
+    readers = {"raw": load_raw_npz, "v3": load_v3_npz, "new": lambda p: cache.load_frames(p)[0]}
+    meta = cache.load_frames(paths["new"])[1]
+    proc, text = bench_processor(policy)
 
-    def load_new(p):
-        return cache.load_frames(p)[0]
+    def sample_fn(reader):  # what a training step does per video: the read, then the processor
+        return lambda p: processor_inputs(proc, [text], [reader(p)], [meta])
 
-    times: dict[str, list[float]] = {k: [] for k in ("raw_warm", "new_warm", "raw_cold", "new_cold")}
-    for r in range(repeats):  # interleaved, order alternating, so drift on a shared machine hits both alike
-        pairs = [("raw", load_raw_npz, raw), ("new", load_new, entry)]
-        for name, fn, path in pairs if r % 2 == 0 else pairs[::-1]:
-            times[f"{name}_cold"].append(_timed(fn, path, cold=True))
-            times[f"{name}_warm"].append(_timed(fn, path, cold=False))
-    got = cache.load_frames(entry)[0]
-    err = np.abs(got.astype(np.int16) - frames.astype(np.int16))
-    mse = float(np.mean(err.astype(np.float64) ** 2))
+    samplers = {k: sample_fn(fn) for k, fn in readers.items()}
+    # The collator runs in DataLoader workers, which PyTorch starts with one intra-op thread each; on
+    # this shared machine more threads only made the processor's times follow other processes' load.
+    import torch
+
+    torch.set_num_threads(1)
+    sample_fn(readers["raw"])(paths["raw"])  # warm-up: the processor's first call builds its transforms
+    times: dict[str, list[float]] = {f"{k}_{m}": [] for k in LAYOUTS for m in ("warm", "cold", "sample")}
+    for r in range(repeats):  # interleaved, order alternating, so drift on a shared machine hits all alike
+        for k in LAYOUTS if r % 2 == 0 else LAYOUTS[::-1]:
+            times[f"{k}_cold"].append(_timed(readers[k], paths[k], cold=True))
+            times[f"{k}_warm"].append(_timed(readers[k], paths[k], cold=False))
+            times[f"{k}_sample"].append(_timed(samplers[k], paths[k], cold=False))
     best = {k: min(v) for k, v in times.items()}
-    return {
-        "settings": settings, "frames": int(frames.shape[0]), "frame_hw": list(frames.shape[1:3]),
-        "pixels": int(np.prod(frames.shape[:3])),
-        "raw_bytes": raw.stat().st_size, "new_bytes": entry.stat().st_size,
-        "size_ratio": raw.stat().st_size / entry.stat().st_size,
-        "read_s": best, "read_median_s": {k: statistics.median(v) for k, v in times.items()},
-        "read_ratio_warm": best["new_warm"] / best["raw_warm"], "read_ratio_cold": best["new_cold"] / best["raw_cold"],
-        "encode_s": encode_s,  # save_frames: encode + write, once per video at ingest
-        "mae": float(err.mean()), "max_abs_err": int(err.max()), "psnr_db": 10 * np.log10(255.0**2 / mse) if mse else None,
-    }
+    out = {"settings": settings, "frames": int(frames.shape[0]), "frame_hw": list(frames.shape[1:3]),
+           "pixels": int(np.prod(frames.shape[:3])), "encode_s": encode_s,  # save_frames, once per video at ingest
+           "bytes": {k: p.stat().st_size for k, p in paths.items()},
+           "read_s": best, "read_median_s": {k: statistics.median(v) for k, v in times.items()}}
+    for k in ("v3", "new"):
+        got = readers[k](paths[k])
+        err = np.abs(got.astype(np.int16) - frames.astype(np.int16))
+        mse = float(np.mean(err.astype(np.float64) ** 2))
+        out[k] = {"size_ratio": out["bytes"]["raw"] / out["bytes"][k],
+                  "read_ratio_warm": best[f"{k}_warm"] / best["raw_warm"],
+                  "read_ratio_cold": best[f"{k}_cold"] / best["raw_cold"],
+                  "sample_ratio": best[f"{k}_sample"] / best["raw_sample"],
+                  "mae": float(err.mean()), "max_abs_err": int(err.max()),
+                  "psnr_db": 10 * np.log10(255.0**2 / mse) if mse else None,
+                  "model_input": model_input_error(proc, text, frames, got, meta)}
+    return out
 
 
 def run_cache(args: argparse.Namespace) -> dict:
@@ -407,18 +489,24 @@ def run_cache(args: argparse.Namespace) -> dict:
             p.unlink()
         folder.rmdir()
     paper = [r for r in results if r["settings"] == "paper"]
-    worst_paper_mb = max(r["new_bytes"] for r in paper) / 1e6 if paper else None
+    worst_paper_mb = max(r["bytes"]["new"] for r in paper) / 1e6 if paper else None
     targets = {
         "paper_max_mb_per_video": worst_paper_mb,
         "paper_within_3mb": worst_paper_mb is not None and worst_paper_mb <= TARGET_PAPER_MB,
-        "read_ratio_warm_max": max(r["read_ratio_warm"] for r in results),
-        "read_ratio_cold_max": max(r["read_ratio_cold"] for r in results),
-        "reads_within_1.2x_warm": all(r["read_ratio_warm"] <= TARGET_READ_RATIO for r in results),
-        "reads_within_1.2x_cold": all(r["read_ratio_cold"] <= TARGET_READ_RATIO for r in results),
-        "mae_max": max(r["mae"] for r in results),
-        "disk_gb_paper": {name: {"raw": n * max(r["raw_bytes"] for r in paper) / 1e9,
+        "read_ratio_warm_max": max(r["new"]["read_ratio_warm"] for r in results),
+        "read_ratio_cold_max": max(r["new"]["read_ratio_cold"] for r in results),
+        "sample_ratio_max": max(r["new"]["sample_ratio"] for r in results),
+        "sample_ratio_paper_max": max(r["new"]["sample_ratio"] for r in paper) if paper else None,
+        "reads_within_1.2x_warm": all(r["new"]["read_ratio_warm"] <= TARGET_READ_RATIO for r in results),
+        "reads_within_1.2x_cold": all(r["new"]["read_ratio_cold"] <= TARGET_READ_RATIO for r in results),
+        "samples_within_1.2x": all(r["new"]["sample_ratio"] <= TARGET_READ_RATIO for r in results),
+        "v3_sample_ratio_max": max(r["v3"]["sample_ratio"] for r in results),
+        "mae_max": max(r["new"]["mae"] for r in results),
+        "psnr_min_db": min(r["new"]["psnr_db"] or float("inf") for r in results),
+        "model_input_max_abs": max(r["new"]["model_input"]["max_abs"] for r in results),
+        "disk_gb_paper": {name: {"raw": n * max(r["bytes"]["raw"] for r in paper) / 1e9,
                                  "new_worst": n * worst_paper_mb / 1e3,
-                                 "new_best": n * min(r["new_bytes"] for r in paper) / 1e9}
+                                 "new_best": n * min(r["bytes"]["new"] for r in paper) / 1e9}
                           for name, n in DATASET_VIDEOS.items()} if paper else {},
     }
     return {"codec": cache.CODEC, "cache_version": cache.CACHE_VERSION, "repeats": args.repeats, "results": results,
@@ -426,26 +514,35 @@ def run_cache(args: argparse.Namespace) -> dict:
 
 
 def cache_table(report: dict) -> str:
-    head = (f"{'video':<22} {'settings':<8} {'T x H x W':>13} {'raw MB':>7} {'new MB':>7} {'size':>6} "
-            f"{'warm ms raw/new':>16} {'ratio':>6} {'cold ms raw/new':>16} {'ratio':>6} {'enc s':>6} {'MAE':>5} {'PSNR':>5}")
-    lines = [f"frame cache: {report['codec']} (layout {report['cache_version']}) against raw uint8 npz", head, "-" * len(head)]
+    head = (f"{'video':<22} {'settings':<8} {'T x H x W':>13} {'MB raw/v3/new':>17} {'warm read ms raw/v3/new':>24} "
+            f"{'new/raw':>7} {'cold new/raw':>12} {'read+proc ms raw/v3/new':>24} {'new/raw':>7} {'v3/raw':>6} "
+            f"{'MAE':>5} {'PSNR':>5}")
+    lines = [f"frame cache: layout {report['cache_version']} ({report['codec']}) against raw uint8 npz (layout 1) "
+             f"and layout 3 (H.264 YUV 4:4:4 crf 13, CABAC); read+proc = load + the Qwen2.5-VL processor, "
+             f"per sample", head, "-" * len(head)]
     for r in report["results"]:
-        t = r["read_s"]
+        t, b, n = r["read_s"], r["bytes"], r["new"]
         shape = f"{r['frames']}x{r['frame_hw'][0]}x{r['frame_hw'][1]}"
+        mb = f"{b['raw'] / 1e6:.2f}/{b['v3'] / 1e6:.2f}/{b['new'] / 1e6:.2f}"
+        warm = f"{t['raw_warm'] * 1e3:.1f}/{t['v3_warm'] * 1e3:.0f}/{t['new_warm'] * 1e3:.0f}"
+        sample = f"{t['raw_sample'] * 1e3:.0f}/{t['v3_sample'] * 1e3:.0f}/{t['new_sample'] * 1e3:.0f}"
         lines.append(
-            f"{r['video']:<22} {r['settings']:<8} {shape:>13} {r['raw_bytes'] / 1e6:>7.2f} {r['new_bytes'] / 1e6:>7.2f} "
-            f"{r['size_ratio']:>5.1f}x {t['raw_warm'] * 1e3:>7.1f}/{t['new_warm'] * 1e3:<8.1f} {r['read_ratio_warm']:>5.1f}x "
-            f"{t['raw_cold'] * 1e3:>7.1f}/{t['new_cold'] * 1e3:<8.1f} {r['read_ratio_cold']:>5.1f}x {r['encode_s']:>6.2f} "
-            f"{r['mae']:>5.2f} {r['psnr_db'] or float('inf'):>5.1f}")
+            f"{r['video']:<22} {r['settings']:<8} {shape:>13} {mb:>17} {warm:>24} {n['read_ratio_warm']:>6.1f}x "
+            f"{n['read_ratio_cold']:>11.1f}x {sample:>24} {n['sample_ratio']:>6.2f}x {r['v3']['sample_ratio']:>5.2f}x "
+            f"{n['mae']:>5.2f} {n['psnr_db'] or float('inf'):>5.1f}")
     t = report["targets"]
     lines.append("")
     if t["paper_max_mb_per_video"] is not None:
         lines.append(f"target <= {TARGET_PAPER_MB:g} MB per video at the paper settings: "
                      f"{'PASS' if t['paper_within_3mb'] else 'FAIL'} (largest {t['paper_max_mb_per_video']:.2f} MB)")
-    lines.append(f"target load_frames <= {TARGET_READ_RATIO:g}x the raw npz, warm: "
+    lines.append(f"target training's per-sample read (load + processor) <= {TARGET_READ_RATIO:g}x the raw npz: "
+                 f"{'PASS' if t['samples_within_1.2x'] else 'FAIL'} (worst {t['sample_ratio_max']:.2f}x; "
+                 f"layout 3 worst {t['v3_sample_ratio_max']:.2f}x)")
+    lines.append(f"raw read alone (load_frames vs np.load) <= {TARGET_READ_RATIO:g}x: warm "
                  f"{'PASS' if t['reads_within_1.2x_warm'] else 'FAIL'} (worst {t['read_ratio_warm_max']:.1f}x); "
-                 f"cold: {'PASS' if t['reads_within_1.2x_cold'] else 'FAIL'} (worst {t['read_ratio_cold_max']:.1f}x)")
-    lines.append(f"pixel error against the raw frames: mean abs <= {t['mae_max']:.2f} of 255")
+                 f"cold {'PASS' if t['reads_within_1.2x_cold'] else 'FAIL'} (worst {t['read_ratio_cold_max']:.1f}x)")
+    lines.append(f"pixel error against the raw frames: mean abs <= {t['mae_max']:.2f} of 255, PSNR >= "
+                 f"{t['psnr_min_db']:.1f} dB; on the model's input max abs {t['model_input_max_abs']:.0f} levels")
     for name, d in t["disk_gb_paper"].items():
         lines.append(f"disk at the paper settings, {name} videos: raw {d['raw']:.0f} GB -> "
                      f"{d['new_best']:.0f}-{d['new_worst']:.0f} GB (scene-texture)")

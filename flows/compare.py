@@ -1,4 +1,4 @@
-"""``make compare``: the SRVAU-R1 recipe (params.yaml) and the VAU-R1 baseline (configs/vau-r1.yaml) as two
+"""``make compare``: the SRVAU-R1 recipe (the defaults) and the VAU-R1 baseline (configs/recipe/vau-r1.yaml) as two
 DVC experiments on the same demo data, then one side-by-side report (``srvau eval compare``).
 
 Wiring only. Each run is ``dvc exp run -S recipe=...`` in this workspace; its ``metrics.json`` is copied
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = {"vau-r1": "configs/vau-r1.yaml", "srvau-r1": None}  # label -> recipe overlay (None = params.yaml); the default last
+RECIPES = {"vau-r1": "vau-r1", "srvau-r1": None}  # label -> recipe name (None = the defaults); the default last
 METRICS = "reports/eval/metrics.json"
 
 
@@ -44,17 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    params_yaml = (ROOT / "params.yaml").read_bytes()  # `-S` rewrites it (and drops its comments)
+    params_yaml = (ROOT / "params.yaml").read_bytes()  # `-S` recomposes it
     runs: list[str] = []
     try:
         for label, recipe in RECIPES.items():
             name = f"{label}-{stamp}"
-            print(f"compare: running {label} ({recipe or 'params.yaml'}) as DVC experiment {name}", flush=True)
+            print(f"compare: running {label} (recipe {recipe or 'none: the defaults'}) as DVC experiment {name}", flush=True)
             subprocess.run([_bin("dvc"), "exp", "run", "-n", name, "-S", f"recipe={recipe or 'null'}"],
                            cwd=ROOT, check=True, env=_env())
             path = out / f"{label}.metrics.json"
             shutil.copyfile(ROOT / METRICS, path)
-            style = load_params(recipe=recipe).evaluate.primary_style
+            style = load_params().evaluate.primary_style  # params.yaml as this experiment composed it
             runs += ["--run", f"{label}={path}:{style}"]
     finally:
         (ROOT / "params.yaml").write_bytes(params_yaml)

@@ -1,9 +1,16 @@
-"""The Prefect flow: runs the pipeline's DVC stages in order, one task each, under one MLflow run.
+"""The Prefect flow: runs the pipeline's DVC stages in order, one task each, under one parent MLflow run.
 
 The flow only wires: each task is ``dvc repro <stage>`` (DVC decides staleness and calls the
-``srvau`` CLI, where the stage logic lives). The MLflow run id travels to the stages through
-``MLFLOW_RUN_ID``, so a whole pipeline run is one MLflow run. Retries cover transient failures
-(a flaky teacher endpoint, a pre-empted GPU node); a failed stage fails the flow.
+``srvau`` CLI, where the stage logic lives). The flow opens the parent run ``pipeline`` (all params,
+``dvc.lock``); its id travels to the stages through ``SRVAU_PARENT_RUN_ID`` and each stage opens a
+child run of it (srvau.tracking.runs). A stage DVC did not run (up to date, or restored from the
+remote) gets a child recorded by the flow, tagged ``srvau.up_to_date``, so every pipeline run shows
+one child per stage. Retries cover transient failures (a flaky teacher endpoint, a pre-empted GPU
+node); a failed stage fails the flow.
+
+Each flow run publishes a Markdown artifact (key ``srvau-pipeline``, srvau.tracking.summary): the
+headline table, the registry decision and where the report is; after a failed stage, which stage
+failed and the tail of its error.
 
 The DVC remote is a convenience, not a requirement: a stage that is up to date locally never
 touches it; for a stale one the flow asks the remote once (one bounded request) and runs
@@ -12,11 +19,12 @@ warning when it does not. A failed ``dvc push`` at the end is a warning too (``p
 ``warnings`` in the flow's result, the ``srvau.dvc_push`` tag in MLflow): the work is done and stays
 in the local DVC cache for a later push.
 
-Under a recipe the demo-only stages run only when the recipe uses what they make
-(:func:`demo_only_skips`): ``synth`` when its annotations live under ``paths.demo``, ``build_tiny``
-when its base model is the tiny model's folder.
+With ``recipe`` the flow first composes params.yaml with it (``srvau config compose``: what
+``dvc exp run -S recipe=NAME`` does), so DVC and every stage see the recipe's effective values. The
+demo-only stages a composed config turns off (``demo_stages``: ``[]``) are not in DVC's DAG and are
+not run (:func:`stages_off`).
 
-    python -m flows.pipeline [--recipe configs/paper-3b.yaml] [--stages synth build_tiny ...]
+    python -m flows.pipeline [--recipe paper-3b] [--stages synth build_tiny ...]
 """
 
 from __future__ import annotations
@@ -50,26 +58,11 @@ def available_stages() -> list[str]:
     return [s for s in STAGES if s in declared]
 
 
-def _stage_outs(stage: str) -> list[str]:
-    import yaml
-
-    outs = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage].get("outs", [])
-    return [next(iter(o)) if isinstance(o, dict) else o for o in outs]
-
-
-def demo_only_skips(params) -> dict[str, str]:
-    """The demo-only stages a recipe does not use, each with why: ``synth`` unless some
-    ``ingest.annotations`` file lies under ``paths.demo``; ``build_tiny`` unless ``model.base`` is the
-    folder that stage writes (its out in dvc.yaml). A paper-scale recipe then neither synthesises
-    demo videos nor builds a random model it never loads."""
-    demo = params.resolve(params.paths.demo).resolve()
-    skips = {}
-    if not any(params.resolve(a).resolve().is_relative_to(demo) for a in params.ingest.annotations):
-        skips["synth"] = f"ingest.annotations lie outside paths.demo ({params.paths.demo})"
-    tiny = [(ROOT / o).resolve() for o in _stage_outs("build_tiny")]
-    if params.resolve(params.model.base).resolve() not in tiny:
-        skips["build_tiny"] = f"model.base is {params.model.base}, not the tiny model ({', '.join(_stage_outs('build_tiny'))})"
-    return skips
+def stages_off(params) -> dict[str, str]:
+    """The demo-only stages the composed config leaves out of the DAG (``demo_stages.<stage>: []``),
+    each with why: a recipe on real data neither synthesises demo videos nor builds a random model."""
+    return {name: f"demo_stages.{name} is [] (recipe {params.recipe})"
+            for name, items in params.demo_stages.model_dump().items() if not items}
 
 
 def _dvc() -> str:
@@ -77,16 +70,19 @@ def _dvc() -> str:
     return str(exe) if exe.exists() else (shutil.which("dvc") or "dvc")
 
 
-def _stage_env(run_id: str | None) -> dict[str, str]:
+def _stage_env(parent_run_id: str | None) -> dict[str, str]:
+    from srvau.tracking.runs import ENV_PARENT
+
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `srvau` on PATH
-    if run_id:
-        env["MLFLOW_RUN_ID"] = run_id
+    env.pop("MLFLOW_RUN_ID", None)  # the stage opens a child of the pipeline's run, not that run itself
+    if parent_run_id:
+        env[ENV_PARENT] = parent_run_id
     return env
 
 
-def _run_dvc(*args: str, run_id: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([_dvc(), *args], cwd=ROOT, env=_stage_env(run_id), text=True, capture_output=True)
+def _run_dvc(*args: str, parent_run_id: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([_dvc(), *args], cwd=ROOT, env=_stage_env(parent_run_id), text=True, capture_output=True)
 
 
 def _tail(proc: subprocess.CompletedProcess, n: int) -> str:
@@ -136,7 +132,7 @@ def check_remote() -> str | None:
 
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="dvc repro {stage}")
-def run_stage(stage: str, run_id: str | None, pull: bool) -> str:
+def run_stage(stage: str, parent_run_id: str | None, pull: bool) -> str:
     """``dvc repro [--pull] <stage>``; a failed stage raises.
 
     ``--pull`` lets a fresh worker restore outputs already in the remote (or its run-cache) instead of
@@ -147,7 +143,7 @@ def run_stage(stage: str, run_id: str | None, pull: bool) -> str:
     logger = get_run_logger()
     cmd = ["repro", "--pull", stage] if pull else ["repro", stage]
     logger.info("running dvc %s", " ".join(cmd))
-    proc = _run_dvc(*cmd, run_id=run_id)
+    proc = _run_dvc(*cmd, parent_run_id=parent_run_id)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} failed (exit {proc.returncode}):\n{_tail(proc, 4000)}")
     logger.info(_tail(proc, 1500))
@@ -166,6 +162,31 @@ def push_data() -> str | None:
         return None
     get_run_logger().warning(_tail(proc, 3000))
     return _dvc_error(proc)
+
+
+def record_stage(params, parent_run_id: str, stage: str, was_up_to_date: bool) -> str:
+    """The stage's status in this pipeline run; a stage whose command did not run (no child run of
+    its own) gets one recorded here, so the parent shows one child per stage."""
+    from srvau.tracking.runs import record_stage_without_run, stage_children
+
+    if stage_children(parent_run_id).get(stage):
+        return "ran"
+    why = ("up to date" if was_up_to_date else
+           "no run of its own (DVC restored its outputs, or its tracking failed: see reports/tracking/)")
+    record_stage_without_run(params, parent_run_id, stage, why)
+    return why
+
+
+def publish(markdown: str, description: str) -> None:
+    """The flow run's Markdown artifact; a Prefect error is a warning, never the run's failure."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from srvau.tracking.summary import ARTIFACT_KEY
+
+    try:
+        create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=description)
+    except Exception as e:  # the summary is a courtesy: the pipeline's outcome stands without it
+        get_run_logger().warning("could not publish the %s artifact: %s", ARTIFACT_KEY, e)
 
 
 class _Remote:
@@ -187,35 +208,47 @@ class _Remote:
 
 @flow(name="srvau-pipeline", log_prints=True)
 def pipeline(recipe: str | None = None, stages: list[str] | None = None, push: bool = True) -> dict:
-    """Run the pipeline stages (default: all stages declared in dvc.yaml) under one MLflow run.
+    """Run the pipeline stages (default: all stages declared in dvc.yaml) under one parent MLflow run,
+    then publish the run's Markdown summary as a Prefect artifact.
 
-    Returns the MLflow run id, the stages, ``push`` (done, failed or skipped) and ``warnings``.
+    Returns the MLflow run id, the stages and their status, ``push`` (done, failed or skipped),
+    ``warnings`` and the Prefect flow run id.
     """
     import mlflow
+    from prefect.runtime import flow_run
 
-    from srvau.config import load_params
-    from srvau.tracking.runs import configure, safe_params
+    from srvau.config import load_params, write_composed
+    from srvau.tracking.runs import configure, lineage_tags, safe_params, tracking_uri
+    from srvau.tracking.summary import failure_markdown, mlflow_run_line, pipeline_markdown
 
-    if recipe:
-        os.environ["SRVAU_RECIPE"] = recipe
-    params = load_params(recipe=recipe)
+    if recipe:  # params.yaml is what DVC and every stage read: compose it with the recipe first
+        write_composed(ROOT / "params.yaml", recipe)
+    params = load_params()
     configure(params)
     todo = stages or available_stages()
-    if recipe:
-        skipped = demo_only_skips(params)
-        for stage in [s for s in todo if s in skipped]:
-            get_run_logger().info("skipping %s under recipe %s: %s", stage, recipe, skipped[stage])
-        todo = [s for s in todo if s not in skipped]
+    skipped = stages_off(params)
+    for stage in [s for s in todo if s in skipped]:
+        get_run_logger().info("not running %s: %s", stage, skipped[stage])
+    todo = [s for s in todo if s not in skipped]
     warnings: list[str] = []
     remote = _Remote()
     push_status = "skipped"
-    with mlflow.start_run(run_name="pipeline") as run:
-        mlflow.set_tags({"srvau.stages": ",".join(todo), "srvau.recipe": params.recipe or "demo"})
+    statuses: dict[str, str] = {}
+    with mlflow.start_run(run_name="pipeline", tags=lineage_tags(params)) as run:
+        run_line = mlflow_run_line(tracking_uri(params), run.info.experiment_id, run.info.run_id)
+        mlflow.set_tags({"srvau.stages": ",".join(todo)})
         mlflow.log_params(safe_params(params))
         for stage in todo:
+            up_to_date = stage_is_up_to_date(stage)
             # An up-to-date stage needs nothing from the remote: never ask it.
-            pull = not stage_is_up_to_date(stage) and remote.usable(warnings)
-            run_stage(stage, run.info.run_id, pull)
+            pull = not up_to_date and remote.usable(warnings)
+            try:
+                run_stage(stage, run.info.run_id, pull)
+            except Exception as e:
+                publish(failure_markdown(stage=stage, error=str(e), run_line=run_line, statuses=statuses),
+                        f"srvau pipeline failed at stage {stage}")
+                raise
+            statuses[stage] = record_stage(params, run.info.run_id, stage, up_to_date)
         lock = ROOT / "dvc.lock"
         if lock.exists():
             mlflow.log_artifact(str(lock))
@@ -227,7 +260,10 @@ def pipeline(recipe: str | None = None, stages: list[str] | None = None, push: b
                                 f"(`dvc push --run-cache` uploads them later): {problem}")
                 get_run_logger().warning(warnings[-1])
         mlflow.set_tag("srvau.dvc_push", push_status)
-    return {"run_id": run.info.run_id, "stages": todo, "push": push_status, "warnings": warnings}
+    publish(pipeline_markdown(params, run_line=run_line, statuses=statuses, warnings=warnings, push=push_status),
+            "srvau pipeline: headline, registry decision, report")
+    return {"run_id": run.info.run_id, "stages": todo, "statuses": statuses, "push": push_status,
+            "warnings": warnings, "flow_run_id": str(flow_run.id)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,12 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     result = pipeline(recipe=args.recipe, stages=args.stages, push=not args.no_push)
     print(f"pipeline finished: MLflow run {result['run_id']}; stages {', '.join(result['stages'])}; "
-          f"dvc push {result['push']}")
+          f"dvc push {result['push']}; Prefect flow run {result['flow_run_id']}")
     for warning in result["warnings"]:
         print(f"WARNING: {warning}")
     from srvau.config import load_params
 
-    params = load_params(recipe=args.recipe)
+    params = load_params()  # params.yaml, as the flow composed it
     report = params.resolve(params.evaluate.report)
     if "evaluate" in result["stages"] and report.exists():
         print(f"report: {report}")

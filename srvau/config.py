@@ -1,14 +1,21 @@
 """Typed configuration: one pydantic model per ``params.yaml`` section.
 
-``params.yaml`` (the DVC params file) holds the demo defaults. A *recipe* (``configs/*.yaml``) is an
-overlay deep-merged on top of it, selected by the ``recipe`` key (so ``dvc exp run -S
-recipe=configs/paper-3b.yaml`` works and DVC tracks the choice), by ``srvau --recipe FILE`` or by the
-``SRVAU_RECIPE`` environment variable. Unknown keys and wrong types fail with the dotted key named.
+``params.yaml`` (the DVC params file every stage reads) is *composed*, never edited by hand: DVC's
+own Hydra composition writes it from ``configs/defaults.yaml`` (the demo defaults, commented) plus a
+*recipe* from the ``recipe`` config group (``configs/recipe/*.yaml``, which may layer on another
+recipe through its own defaults list) plus explicit overrides, which win:
+
+    dvc exp run -S recipe=paper-3b -S sft.max_steps=5     (DVC composes, then runs what changed)
+    srvau config compose --recipe paper-3b                 (the same file, for dvc repro / the flow)
+
+So DVC records the effective value of every key a stage reads, and ``set_by`` names, per section,
+the file that last set it, which dvc.yaml tracks too (an edit inside a recipe shows in ``dvc status``
+before the next composition). ``srvau --recipe NAME`` composes in process instead of reading
+params.yaml. Unknown keys and wrong types fail with the dotted key named.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -123,6 +130,9 @@ class VideoConfig(Section):
 
 class IngestConfig(Section):
     annotations: list[str] = ["data/demo/train.csv", "data/demo/val.csv", "data/demo/test.csv"]
+    # The folder holding every annotation file: DVC cannot take a list of files from params as
+    # dependencies, so dvc.yaml depends on this folder (and on video_root).
+    annotations_dir: str = "data/demo"
     video_root: str = "data/demo/videos"
     dataset: Literal["auto", "msad", "ucf", "ecva", "demo"] = "auto"
     strict: bool = False
@@ -317,8 +327,47 @@ class RegisterConfig(Section):
     auto_promote: bool = True
 
 
+class LaunchOverride(Section):
+    """One stage's departures from the ``launch`` defaults (unset = the default)."""
+
+    num_processes: int | None = Field(None, ge=1)
+    config_file: str | None = None
+
+
+class LaunchStages(Section):
+    sft: LaunchOverride = LaunchOverride()
+    grpo: LaunchOverride = LaunchOverride()
+    evaluate: LaunchOverride = LaunchOverride()
+
+
+class LaunchConfig(Section):
+    """How ``srvau launch sft|grpo|evaluate`` starts those stages (srvau.launch): 1 process runs in
+    the command's own process; more run under ``accelerate launch`` with ``config_file``. The file's
+    existence is checked when a stage launches with it (a project may hold no configs/ at all)."""
+
+    num_processes: int = Field(1, ge=1)  # total over all machines (accelerate's meaning)
+    config_file: str = "configs/accelerate/ddp.yaml"
+    stages: LaunchStages = LaunchStages()
+
+
+# Hydra composition (DVC's: .dvc/config names the same folder and file; a test keeps them equal)
+CONFIG_DIR = "configs"          # the Hydra config folder, relative to the project root
+DEFAULTS_NAME = "defaults"      # configs/defaults.yaml: the demo defaults and the defaults list
+RECIPE_GROUP = "recipe"         # configs/recipe/<name>.yaml: one recipe per file
+
+
+class DemoStagesConfig(Section):
+    """The demo-only stages, as dvc.yaml's ``foreach`` lists: ``[]`` leaves the stage out of the DAG."""
+
+    synth: list[str] = Field(["demo"], max_length=1)
+    build_tiny: list[str] = Field(["tiny"], max_length=1)
+
+
 class Params(Section):
-    recipe: str | None = None
+    recipe: str | None = None   # the recipe params.yaml was composed with (a name in configs/recipe/), None = demo
+    # section -> the config file that last set it (defaults or a recipe): dvc.yaml tracks that file's
+    # section too, so an edit inside a recipe marks the stages that read it before recomposition
+    set_by: dict[str, str] = {}
     seed: int = 1234
     paths: PathsConfig = PathsConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -332,14 +381,23 @@ class Params(Section):
     grpo: GrpoConfig = GrpoConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    launch: LaunchConfig = LaunchConfig()
+    demo_stages: DemoStagesConfig = DemoStagesConfig()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _set_by_names_sections(self) -> "Params":
+        unknown = sorted(set(self.set_by) - {(f.alias or n) for n, f in type(self).model_fields.items()})
+        if unknown:
+            raise ValueError(f"set_by names no section: {', '.join(unknown)}")
+        return self
+
     @field_validator("recipe")
     @classmethod
-    def _recipe_is_yaml(cls, v: str | None) -> str | None:
-        if v is not None and not v.endswith((".yaml", ".yml")):
-            raise ValueError("recipe must be a .yaml file path")
+    def _recipe_is_a_name(cls, v: str | None) -> str | None:
+        if v is not None and ("/" in v or v.endswith((".yaml", ".yml"))):
+            raise ValueError(f"recipe is a name in {CONFIG_DIR}/{RECIPE_GROUP}/ (e.g. paper-3b), not a path")
         return v
 
     @model_validator(mode="after")
@@ -348,6 +406,12 @@ class Params(Section):
             if spec is None:
                 self.evaluate.models[label] = self.model.base  # in place: no re-validation loop
         return self
+
+    def annotations_outside_their_folder(self) -> list[str]:
+        """``ingest.annotations`` files that do not lie under ``ingest.annotations_dir``, the folder DVC
+        tracks for them (a one-off ``--set`` may point elsewhere; a composed params.yaml may not)."""
+        folder = self.resolve(self.ingest.annotations_dir).resolve()
+        return [a for a in self.ingest.annotations if not self.resolve(a).resolve().is_relative_to(folder)]
 
     def resolve(self, path: str | os.PathLike) -> Path:
         """A path from the config, relative to the project root unless absolute."""
@@ -360,16 +424,6 @@ class Params(Section):
 
 class ConfigError(ValueError):
     """A params file that does not validate; the message names every offending key."""
-
-
-def deep_merge(base: dict, overlay: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _read_yaml(path: Path) -> dict:
@@ -395,25 +449,88 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def recipe_source(recipe: str | os.PathLike) -> tuple[str, Path | None]:
+    """A recipe as Hydra sees it: its name, plus an extra search path when the file lies outside the
+    project's ``configs/`` (it must then sit in a ``recipe/`` folder, as Hydra's config groups do).
+    Accepts ``paper-3b``, ``configs/recipe/paper-3b.yaml`` or any ``.../recipe/NAME.yaml``."""
+    text = str(recipe)
+    if not text.endswith((".yaml", ".yml")):
+        return text, None
+    path = Path(text)
+    path = path if path.is_absolute() else PROJECT_ROOT / path
+    if not path.is_file():
+        raise ConfigError(f"recipe {text}: file not found (recipes live in {CONFIG_DIR}/{RECIPE_GROUP}/)")
+    if path.parent.name != RECIPE_GROUP:
+        raise ConfigError(f"recipe {text}: a recipe file must sit in a '{RECIPE_GROUP}/' folder "
+                          f"(e.g. {CONFIG_DIR}/{RECIPE_GROUP}/{path.stem}.yaml)")
+    root = path.parent.parent.resolve()
+    return path.stem, None if root == (PROJECT_ROOT / CONFIG_DIR).resolve() else root
+
+
+def hydra_overrides(recipe: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The Hydra overrides that compose ``recipe`` + ``overrides`` (what ``dvc exp run -S`` passes)."""
+    out: list[str] = []
+    if recipe:
+        name, search = recipe_source(recipe)
+        if search is not None:
+            out.append(f"hydra.searchpath=[file://{search}]")
+        out.append(f"{RECIPE_GROUP}={name}")
+    return out + list(overrides)
+
+
+def compose(recipe: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The composed config as a dict: defaults, then the recipe (and the recipes it layers on), then
+    ``overrides`` (Hydra syntax, ``sft.max_steps=5``), exactly as DVC composes params.yaml."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str((PROJECT_ROOT / CONFIG_DIR).resolve()), version_base=None):
+            cfg = hydra_compose(config_name=DEFAULTS_NAME, overrides=hydra_overrides(recipe, overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"composing {CONFIG_DIR}/{DEFAULTS_NAME}.yaml with recipe {recipe}: {e}") from None
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def write_composed(out: str | os.PathLike, recipe: str | os.PathLike | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Compose and write the params file (DVC's own writer, so the bytes equal what ``dvc exp run -S``
+    writes), after checking the result validates: a bad recipe never reaches params.yaml."""
+    from dvc.utils.hydra import compose_and_dump
+
+    params = validate_params(compose(recipe, overrides), f"recipe {recipe or '(none)'}")
+    outside = params.annotations_outside_their_folder()
+    if outside:  # dvc.yaml depends on the folder, so these files would change unseen
+        raise ConfigError(f"recipe {recipe or '(none)'}: ingest.annotations must lie under ingest.annotations_dir "
+                          f"({params.ingest.annotations_dir}), which DVC tracks: {', '.join(outside)} do not")
+    compose_and_dump(str(out), str((PROJECT_ROOT / CONFIG_DIR).resolve()), None, DEFAULTS_NAME, str(PROJECT_ROOT),
+                     hydra_overrides(recipe, overrides))
+    return params
+
+
+def validate_params(data: dict[str, Any], source: str) -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from None
+
+
 def load_params(
     path: str | os.PathLike | None = None,
     recipe: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Params:
-    """Load ``params.yaml`` (default: project root), merge the recipe overlay, validate.
-
-    ``overrides`` are dotted keys (``{"sft.max_steps": 5}``) applied last, for tests and ``--set``.
-    """
-    path = Path(path) if path else PROJECT_ROOT / "params.yaml"
-    data = _read_yaml(path)
-    recipe = recipe or os.environ.get("SRVAU_RECIPE") or data.get("recipe")
-    source = str(path)
+    """The composed params file (default: the project's params.yaml), or, with ``recipe``, a fresh
+    composition of ``configs/`` with that recipe; then ``overrides``, dotted keys
+    (``{"sft.max_steps": 5}``) applied last, for tests and ``--set``; validated."""
     if recipe:
-        rpath = Path(recipe)
-        rpath = rpath if rpath.is_absolute() else PROJECT_ROOT / rpath
-        data = deep_merge(data, _read_yaml(rpath))
-        data["recipe"] = str(recipe)
-        source = f"{path} + {rpath}"
+        data, source = compose(recipe), f"recipe {recipe}"
+    else:
+        path = Path(path) if path else PROJECT_ROOT / "params.yaml"
+        data, source = _read_yaml(path), str(path)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -422,10 +539,7 @@ def load_params(
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted}: {part} is not a section")
         node[leaf] = value
-    try:
-        return Params.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(source, e)) from None
+    return validate_params(data, source)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

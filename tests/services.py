@@ -112,3 +112,24 @@ def project_copy(dest: Path) -> Path:
             shutil.copy2(src, dest / f)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
+
+
+def local_mlflow_server(root: Path) -> tuple[Service, str]:
+    """A real `mlflow server` on a sqlite store and a local artifact folder under ``root`` (no S3, no
+    inherited MLFLOW_/AWS_ settings); returns the service and its URL once /health answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    service = Service(
+        "mlflow server",
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", (root / "artifacts").as_uri(),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env, root / "server.log",
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        service.wait_http(f"{url}/health", timeout=240)
+    except BaseException:
+        service.stop(signal.SIGKILL, grace=5)
+        raise
+    return service, url

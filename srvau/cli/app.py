@@ -1,7 +1,8 @@
 """The ``srvau`` command line: one command per pipeline stage (``dvc.yaml`` calls these).
 
-Global options pick the configuration: ``--params`` (default: the project's params.yaml), ``--recipe``
-(an overlay from configs/, also ``SRVAU_RECIPE``) and ``--set key=value`` for one-off overrides.
+Global options pick the configuration: ``--params`` (default: the project's params.yaml, composed from
+configs/), ``--recipe NAME`` (compose configs/recipe/NAME.yaml in process instead, also ``SRVAU_RECIPE``)
+and ``--set key=value`` for one-off overrides.
 Logs go to stderr; stdout carries only what a command is asked to print (JSON summaries, paths).
 """
 
@@ -14,6 +15,7 @@ import typer
 
 from srvau.cli import config, cot, data, evaluate, model, registry, train, validate
 from srvau.cli.context import CliOptions, setup_logging
+from srvau.cli.launch import launch_app
 
 app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, add_completion=False)
 
@@ -22,7 +24,7 @@ app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, add_comple
 def main(
     ctx: typer.Context,
     params: Optional[Path] = typer.Option(None, "--params", help="params file (default: project params.yaml)"),
-    recipe: Optional[str] = typer.Option(None, "--recipe", envvar="SRVAU_RECIPE", help="recipe overlay, e.g. configs/paper-3b.yaml"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", envvar="SRVAU_RECIPE", help="compose this recipe (configs/recipe/NAME.yaml) instead of reading params.yaml, e.g. paper-3b"),
     set_: list[str] = typer.Option([], "--set", help="override one key, e.g. --set sft.max_steps=5 (repeatable)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -45,3 +47,5 @@ app.command("sft")(train.sft_cmd)
 app.command("grpo")(train.grpo_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("register")(registry.register_cmd)
+# sft, grpo and evaluate started as params' `launch` section says (in-process or accelerate ranks; dvc.yaml uses these)
+app.add_typer(launch_app, name="launch")

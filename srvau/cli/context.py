@@ -4,8 +4,11 @@ the one helper that runs a stage inside its tracking run."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -95,11 +98,52 @@ def get_params(ctx: typer.Context, *, training: bool = False) -> Params:
 def stage_tracking(p: Params, stage: str, track: bool = True) -> Iterator[Any]:
     """Run a stage command's body inside the stage's MLflow run (the one place a run is opened; see
     srvau.tracking.runs for what happens on a non-main rank, a tracking failure or a kill).
-    ``track=False`` (``--no-track``) yields None and logs nothing."""
+    ``track=False`` (``--no-track``) yields None and logs nothing. Either way the body is timed
+    (:func:`stage_timing`)."""
     if not track:
-        yield None
+        with stage_timing(p, stage):
+            yield None
         return
     from srvau.tracking.runs import stage_run
 
-    with stage_run(p, stage) as run:
+    with stage_run(p, stage) as run, stage_timing(p, stage):
         yield run
+
+
+TIMINGS_FILE = "tracking/timings.jsonl"  # under paths.reports; bench/pipeline.py reads it
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (interpreter start, imports, params, opening the run)."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # no psutil, or a platform without process start times: the record just lacks it
+        return None
+
+
+@contextlib.contextmanager
+def stage_timing(p: Params, stage: str) -> Iterator[None]:
+    """Append the stage's compute seconds (the body of its command, inside its tracking run) to
+    ``<paths.reports>/tracking/timings.jsonl``, with how old the process was when the body began, so
+    the pipeline's wall time splits into stage compute and orchestration (bench/pipeline.py). Only
+    the main rank writes; a write failure is a warning, never a failed stage."""
+    age = _process_age_s()
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        record = {"stage": stage, "compute_s": round(time.perf_counter() - t0, 3),
+                  "process_age_at_start_s": None if age is None else round(age, 3), "ok": ok,
+                  "pid": os.getpid(), "finished_at": time.time()}
+        if int(os.environ.get("RANK", "0")) == 0:
+            path = p.resolve(p.paths.reports) / TIMINGS_FILE
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                logging.getLogger(__name__).warning("could not record the stage timing in %s: %s", path, e)

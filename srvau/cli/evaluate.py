@@ -39,11 +39,13 @@ def evaluate_cmd(
     """Evaluate base/SFT/GRPO on the test split (batched generation, all tasks and prompt styles).
 
     Writes metrics.json (DVC metrics), predictions, plot data and the HTML report, logs them to
-    MLflow and prints the report path on stdout. Missing checkpoints are skipped with a warning.
+    MLflow (each model's headline metrics also against its MLflow logged model, found by checkpoint
+    digest) and prints the report path on stdout. Missing checkpoints are skipped with a warning.
     """
     from srvau.evaluation.inference import ManifestError
     from srvau.evaluation.judge import JudgeError
-    from srvau.evaluation.stage import evaluate
+    from srvau.evaluation.stage import available_models, evaluate
+    from srvau.tracking.model_metrics import log_evaluation_to_models
 
     p = get_params(ctx)
     models = parse_models(model) if model else dict(p.evaluate.models)
@@ -55,6 +57,7 @@ def evaluate_cmd(
             result = evaluate(manifest, models, out, p, report=report)
         except (ManifestError, FileNotFoundError, JudgeError) as e:
             raise fail(str(e)) from None
+        log_evaluation_to_models(available_models(models, p), result["models"], p)
     log.info("metrics: %s", result["metrics"])
     typer.echo(result["report"])
 

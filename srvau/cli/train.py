@@ -4,9 +4,10 @@ Unset options default to params.yaml: ``--rocot`` to ``paths.rocot``; sft's ``--
 ``model.base`` (a local folder relative to the project root, or a Hub id) and ``--out`` to
 ``sft.output_dir``; grpo's ``--init-model`` to the SFT stage's merged model (``<sft.output_dir>/merged``)
 and ``--out`` to ``grpo.output_dir``. stdout carries one JSON object (the stage's metrics / summary);
-logs and progress bars go to stderr. Exit 2 on a bad argument, config or missing input; every params
-value is checked before the model loads. Multi-process (every rank runs the command; only the main
-process tracks): ``accelerate launch --config_file configs/accelerate/<cfg>.yaml -m srvau.cli sft``.
+logs and progress bars go to stderr. The merged model becomes an MLflow logged model of the stage's run
+(srvau.tracking.models), where evaluate and register find it by its content. Exit 2 on a bad argument,
+config or missing input; every params value is checked before the model loads. Multi-process (every rank
+runs the command; only the main process tracks): ``accelerate launch --config_file configs/accelerate/<cfg>.yaml -m srvau.cli sft``.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ def sft_cmd(
     model = resolve_model(base_model or p.model.base, p)
     out_dir = out or p.resolve(p.sft.output_dir)
 
+    from srvau.tracking.models import log_stage_model
     from srvau.training.sft import sft  # lazy: imports torch + TRL
 
     with stage_tracking(p, "sft"):
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout is for the summary
                 result = sft(rocot_dir, model, out_dir, p)
+                log_stage_model(out_dir / "merged", p, "sft")
         except (FileNotFoundError, ValueError) as e:
             raise fail(str(e)) from None
     text = json.dumps(result)
@@ -77,12 +80,14 @@ def grpo_cmd(
     model = init_model or str(p.resolve(p.sft.output_dir) / "merged")
     out_dir = out or p.resolve(p.grpo.output_dir)
 
+    from srvau.tracking.models import log_stage_model
     from srvau.training.grpo import grpo  # lazy: imports torch + TRL
 
     with stage_tracking(p, "grpo"):
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout is for the summary
                 summary = grpo(rocot_dir, model, out_dir, p)
+                log_stage_model(out_dir / "merged", p, "grpo")
         except FileNotFoundError as e:
             raise fail(str(e)) from None
     typer.echo(json.dumps(summary))

@@ -34,7 +34,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from srvau.config import PROJECT_ROOT, CotConfig, Params
 from srvau.contract import scoring as S
@@ -48,6 +47,7 @@ from srvau.cot.teachers import Generated, TaskItem, clean, key_evidence, make_te
 from srvau.data.manifest import ManifestError  # noqa: F401  (re-exported: `srvau cot` exits 2 on it)
 from srvau.data.manifest import read_manifest as read_manifest_file
 from srvau.io import sha256_file
+from srvau.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def build_rocot(manifest: Path, out_dir: Path, params: Params, teacher=None) -> 
     rows: list[dict[str, Any]] = []
     quarantined: Counter = Counter()
     with open(out_dir / GENERATED, "w", encoding="utf-8") as gen_f, open(out_dir / QUARANTINE, "w", encoding="utf-8") as q_f:
-        for g in tqdm(teacher.generate(items), total=len(items), desc=f"cot ({teacher.name})", unit="sample", disable=None):
+        for g in progress(teacher.generate(items), total=len(items), desc=f"cot ({teacher.name})", unit="sample"):
             if g.parts is None:
                 quarantined[g.why or "unknown"] += 1
                 rec = {"sample_id": g.item.sample_id, "video_id": g.item.video_id, "split": g.item.split,

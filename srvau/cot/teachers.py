@@ -51,6 +51,7 @@ from srvau.contract.scoring import STOPWORDS, content_words, grounding_label
 from srvau.contract.truth import Truth
 from srvau.contract.vocab import optional_text
 from srvau.cot.filter import is_correct
+from srvau.progress import progress
 from srvau.contract.vocab import CLASSES, NORMAL, canonical_class
 
 log = logging.getLogger(__name__)
@@ -770,8 +771,6 @@ class PolicyTeacher:
 
     def first_passes(self, items: Sequence[TaskItem]) -> list[Pass | None]:
         """First passes, batched; None where the item has no cached frames. Test-split items are refused."""
-        from tqdm import tqdm
-
         from srvau.contract.prompts import system_prompt
         from srvau.modeling import load_model, load_processor
         from srvau.modeling.generation import chat_text, generate, inference_device_map
@@ -787,7 +786,7 @@ class PolicyTeacher:
         model = load_model(self.model_path, self.params.model, device_map=inference_device_map()).eval()
         processor = load_processor(self.model_path, self.params.model)
         texts = [chat_text(processor, items[i].prompt, system_prompt(pcfg.prompt_style, items[i].task)) for i in ready]
-        with tqdm(total=len(ready), desc="policy first passes", unit="prompt", disable=None) as bar:
+        with progress(total=len(ready), desc="policy first passes", unit="prompt") as bar:
             gens = generate(model, processor, texts, [items[i].frames_path for i in ready], self.settings(), pcfg.batch_size, on_batch=bar.update)
         for i, gen in zip(ready, gens):
             out[i] = pass_from_output(items[i].task, gen.text, cot.think_max_words, cot.answer_max_words)

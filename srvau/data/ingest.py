@@ -33,7 +33,6 @@ anything was quarantined.
 from __future__ import annotations
 
 import logging
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from srvau.config import IngestConfig, Params
 from srvau.data.manifest import MANIFEST_NAME, QUARANTINE_NAME
@@ -49,6 +47,7 @@ from srvau.io import write_jsonl, write_parquet
 from srvau.data.vau_bench import ANNOTATION_COLUMNS, VauBenchFormatError, read_vau_bench
 from srvau.video.cache import cache_filename, is_fresh, read_header
 from srvau.io import sha256_file
+from srvau.progress import progress
 from srvau.video.probe import ProbeError, VideoInfo, precheck, probe_and_sample
 from srvau.video.sampling import policy_fingerprint
 
@@ -254,8 +253,7 @@ def ingest(
     done: dict[str, VideoRecord | ProbeError] = {}
     with ThreadPoolExecutor(max_workers=params.ingest.workers) as pool:
         futures = {pool.submit(_process_video, real, rel, out_dir, params, fingerprint): rel for real, rel in videos}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="ingest videos", unit="video",
-                        file=sys.stderr, disable=None):
+        for fut in progress(as_completed(futures), total=len(futures), desc="ingest videos", unit="video"):
             rel = futures[fut]
             try:
                 done[rel] = fut.result()

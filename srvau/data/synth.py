@@ -28,12 +28,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from srvau.config import SynthConfig
 from srvau.io import atomic_path
 from srvau.contract.vocab import LETTERS, NORMAL, canonical_class
 from srvau.data.vau_bench import VAU_COLUMNS
+from srvau.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def synthesize(out_dir: Path, cfg: SynthConfig, seed: int) -> dict[str, int]:
     clips = plan_clips(cfg, seed)
     rows: dict[str, list[dict[str, str]]] = {"train": [], "val": [], "test": []}
     n_frames = int(round(cfg.duration_s * cfg.fps))
-    for i, clip in enumerate(tqdm(clips, desc="synth videos", unit="video")):
+    for i, clip in enumerate(progress(clips, desc="synth videos", unit="video")):
         rng = np.random.default_rng([seed, i])
         frames = [render_frame(clip, k / cfg.fps, cfg.height, cfg.width, rng, cfg.duration_s) for k in range(n_frames)]
         write_mp4(out_dir / "videos" / clip.name, frames, cfg.fps)

@@ -5,8 +5,10 @@ recipes run as DVC experiments by ``make compare``). Each recipe is read in its 
 (the style it trains for: ``reflect`` for SRVAU-R1, ``think`` for VAU-R1), so each is scored the way it is
 meant to answer. Output: ``compare.json`` (the same numbers, machine-readable) and ``report.html``.
 
-Which recipe "wins" a metric is only stated where the two 95% intervals do not overlap; otherwise the
-report says the difference is not resolved at this sample size.
+The headline is the evaluation report's (:mod:`srvau.evaluation.headline`): one main metric per task
+with its 95% interval and the reflection gain. Which recipe "wins" a metric is only stated where the
+95% intervals do not overlap; otherwise the report says the difference is not resolved at this
+sample size.
 """
 
 from __future__ import annotations
@@ -16,25 +18,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-# (task, metric) pairs of the headline table, in order.
-HEADLINE: tuple[tuple[str, str], ...] = (
-    ("qa", "accuracy"),
-    ("grounding", "miou"),
-    ("grounding", "r@0.5"),
-    ("classification", "multi_acc"),
-    ("classification", "binary_acc"),
-    ("description", "keyword_recall"),
-)
+from srvau.evaluation import headline as H
 
 
 def headline(metrics_by_run: dict[str, dict[str, Any]], model: str, styles: dict[str, str]) -> list[dict[str, Any]]:
-    """One row per headline metric: each run's value and 95% interval for ``model`` in its style."""
+    """One row per task of the headline: each run's main metric for ``model`` in the run's style (value, 95%
+    interval, n, reflection gain), and the verdict."""
+    cells = {
+        run: {r["task"]: r for r in H.headline_rows({model: metrics.get(model, {})}, styles[run])}
+        for run, metrics in metrics_by_run.items()
+    }
     rows = []
-    for task, key in HEADLINE:
-        row: dict[str, Any] = {"task": task, "metric": key}
-        for run, metrics in metrics_by_run.items():
-            m = metrics.get(model, {}).get(task, {}).get(styles[run], {})
-            row[run] = {"value": m.get(key), "ci95": m.get(f"{key}_ci95"), "n": m.get("n")}
+    for task, (key, label) in H.MAIN_METRIC.items():
+        if not any(task in c for c in cells.values()):
+            continue
+        row: dict[str, Any] = {"task": task, "metric": key, "label": label}
+        for run in metrics_by_run:
+            r = cells[run].get(task) or {}
+            row[run] = {"value": r.get("value"), "ci95": list(r["ci95"]) if r.get("ci95") else None, "n": r.get("n"),
+                        "reflection_gain": r.get("reflection_gain")}
         row["verdict"] = verdict(row, list(metrics_by_run))
         rows.append(row)
     return rows
@@ -42,12 +44,11 @@ def headline(metrics_by_run: dict[str, dict[str, Any]], model: str, styles: dict
 
 def verdict(row: dict[str, Any], runs: list[str]) -> str:
     """Which run is ahead, only when the intervals separate it from every other run."""
-    cells = [(r, row[r]["value"], row[r]["ci95"]) for r in runs]
-    if any(v is None or ci is None for _, v, ci in cells):
+    if any(row[r]["value"] is None or row[r]["ci95"] is None for r in runs):
         return "n/a"
-    best = max(cells, key=lambda c: c[1])
-    if all(best[2][0] > ci[1] for r, _, ci in cells if r != best[0]):
-        return f"{best[0]} ahead"
+    best = max(runs, key=lambda r: row[r]["value"])
+    if all(H.separation(row[best], row[r]) == "ahead" for r in runs if r != best):
+        return f"{best} ahead"
     return "not resolved (intervals overlap)"
 
 
@@ -76,9 +77,24 @@ def compare(runs: dict[str, tuple[Path, str]], out_dir: Path, models: tuple[str,
 def _cell(c: dict[str, Any]) -> str:
     if c["value"] is None:
         return "&ndash;"
-    ci = c.get("ci95")
-    ci_s = f' <span class="ci">[{ci[0]:.1f}, {ci[1]:.1f}]</span>' if ci else ""
-    return f"{c['value']:.2f}{ci_s} <span class=\"ci\">n={c.get('n')}</span>"
+    gain = f"; reflection {H.fmt_gain(c['reflection_gain'])}" if c.get("reflection_gain") is not None else ""
+    return f"{html.escape(H.fmt_value(c['value'], c.get('ci95')))} <span class=\"ci\">n={c.get('n')}{html.escape(gain)}</span>"
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One sentence per model: which recipe is ahead on which task, and what is not resolved."""
+    out = []
+    for model, rows in result["models"].items():
+        ahead: dict[str, list[str]] = {}
+        for r in rows:
+            if r["verdict"].endswith(" ahead"):
+                ahead.setdefault(r["verdict"].removesuffix(" ahead"), []).append(r["label"])
+        open_ = [r["label"] for r in rows if r["verdict"].startswith("not resolved")]
+        parts = [f"{run} ahead on {H.join_words(labels)}" for run, labels in ahead.items()]
+        if open_:
+            parts.append(f"not resolved on {H.join_words(open_)}")
+        out.append(f"{model}: " + ("; ".join(parts) if parts else "nothing to compare") + ".")
+    return " ".join(out)
 
 
 def render(result: dict[str, Any]) -> str:
@@ -87,7 +103,7 @@ def render(result: dict[str, Any]) -> str:
     sections = []
     for model, rows in result["models"].items():
         body = "".join(
-            f"<tr><td>{html.escape(r['task'])}</td><td>{html.escape(r['metric'])}</td>"
+            f"<tr><td>{html.escape(r['task'])}</td><td>{html.escape(r['label'])}</td>"
             + "".join(f'<td class="num">{_cell(r[run])}</td>' for run in runs)
             + f"<td>{html.escape(r['verdict'])}</td></tr>"
             for r in rows
@@ -113,11 +129,14 @@ def render(result: dict[str, Any]) -> str:
     )
     return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>srvau: recipes compared</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:3px 8px}} th{{background:#f0f0f0}} td.num{{text-align:right}} span.ci{{color:#777;font-size:12px}}</style>
+th,td{{border:1px solid #ccc;padding:3px 8px}} th{{background:#f0f0f0}} td.num{{text-align:right}} span.ci{{color:#777;font-size:12px}}
+p.answer{{font-size:17px;background:#f6f8fa;border-left:4px solid #2c7be5;padding:.6em 1em}}</style>
 </head><body><h1>Recipes compared: {html.escape(' vs '.join(runs))}</h1>
-<p>Each recipe in its own primary prompt style (in brackets), demo test split. Values in %, with 95% intervals
-(Wilson for proportions, normal approximation for means) and the number of scored samples. A recipe is called
-ahead only where its interval lies above every other's.</p>
+<p class="answer">{html.escape(summary(result))}</p>
+<p>Each recipe in its own primary prompt style (in brackets), demo test split; the evaluation report's headline:
+one main metric per task. Values in %, with 95% intervals (Wilson for proportions, normal approximation for
+means), the number of scored samples and, for reflection traces, the reflection gain (final minus
+first-answer accuracy, points). A recipe is called ahead only where its interval lies above every other's.</p>
 {''.join(sections)}
 {refl_html}
 </body></html>

@@ -7,8 +7,12 @@ How it departs from VAU-R1's evaluation scripts, and why:
   video are packed by the processor as usual). Under greedy decoding the tokens equal one-at-a-time
   generation (tested); ``bench/eval.py`` measures the speed-up.
 * Prompts are sorted by their estimated length (vision tokens from the one sampling policy plus
-  text tokens), longest first, so a batch holds prompts of similar length (little padding) and an
-  out-of-memory batch shows up at once rather than at the end. Records come back in manifest order.
+  text tokens), longest first, video by video: an out-of-memory batch shows up at once rather than at
+  the end, and the prompts of one video (every task and style) sit in the same batches, where the
+  video goes through the vision encoder once instead of once per prompt. At paper scale the vision
+  tokens dominate a prompt, so a batch still holds prompts of similar length; on the demo's short
+  clips the tasks' texts pad a batch by 10-19 %, which the shared encoding repays
+  (docs/benchmarks.md). Records come back in manifest order.
 * Frames come from the frame cache (``srvau.video.cache.load_frames``): the model sees exactly
   the frames it was trained on. VAU-R1 evaluated with a different frame/pixel budget than it trained.
 * Generation is ``srvau.modeling.generation`` (shared with the policy teacher and the registered
@@ -22,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from srvau.contract import scoring as S
 from srvau.contract.prompts import system_prompt, task_prompt
@@ -41,6 +43,7 @@ from srvau.contract.truth import truth_of
 from srvau.contract.vocab import STYLES, TASKS, optional_text
 from srvau.data.manifest import ManifestError
 from srvau.io import write_jsonl
+from srvau.progress import progress as progress_of
 from srvau.data.manifest import read_manifest as read_manifest_file
 from srvau.modeling.generation import (  # the one generation path; re-exported for the evaluate stage
     Generation,
@@ -193,8 +196,14 @@ class FrameStore:
 
 
 def length_order(samples: Sequence[Sample], text_lengths: Sequence[int]) -> list[int]:
-    """Indices of ``samples``, longest estimated prompt first; ties keep videos together."""
-    return sorted(range(len(samples)), key=lambda i: (-(samples[i].est_vision_tokens + text_lengths[i]), samples[i].frames_path, i))
+    """Indices of ``samples``: videos by their longest estimated prompt, longest first, and each video's
+    prompts together (longest first), so a batch holds few distinct videos and each goes through the
+    vision encoder once (``srvau.modeling.generation``); ties by path, then sample order."""
+    total = [s.est_vision_tokens + n for s, n in zip(samples, text_lengths)]
+    longest: dict[str, int] = {}
+    for s, t in zip(samples, total):
+        longest[s.frames_path] = max(longest.get(s.frames_path, 0), t)
+    return sorted(range(len(samples)), key=lambda i: (-longest[samples[i].frames_path], samples[i].frames_path, -total[i], i))
 
 
 def batches(order: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -345,8 +354,8 @@ def run_inference(
     padded = total = 0
     t0 = time.perf_counter()
     try:
-        bar = tqdm(total=sum(map(len, mine)), desc=f"evaluate {model_label}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
-                   unit="prompt", file=sys.stderr, disable=not progress or rank != 0)
+        bar = progress_of(total=sum(map(len, mine)), desc=f"evaluate {model_label}" + (f" [rank {rank}/{world}]" if world > 1 else ""),
+                          unit="prompt", enabled=progress and rank == 0)
         for idx in mine:
             clips = [store.get(samples[i].frames_path) for i in idx]
             gens = generate_batch(model, processor, [texts[i] for i in idx], clips, gen_kwargs)

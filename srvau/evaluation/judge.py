@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tqdm import tqdm
 
 from srvau.chat import ChatClient, ChatError, Reply
 from srvau.config import JudgeConfig
 from srvau.contract.trace import pass_text
+from srvau.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +209,7 @@ def judge_records(
     by_style: dict[str, list[Verdict]] = {}
     with Judge(cfg, client=client, sleep=sleep) as judge, open(out_jsonl, "w") as sink:
         verdicts = judge.chat.map(lambda r: judge.score(judged_text(r.get("output") or ""), r.get("truth") or {}), items, ordered=True)
-        for r, v in zip(items, tqdm(verdicts, total=len(items), desc="judge", unit="answer", file=sys.stderr, disable=not items)):
+        for r, v in zip(items, progress(verdicts, total=len(items), desc="judge", unit="answer", enabled=bool(items))):
             by_style.setdefault(r["style"], []).append(v)
             sink.write(
                 json.dumps(

@@ -1,6 +1,10 @@
 """The evaluation report: one self-contained HTML page comparing the models side by side.
 
-Contents: the metric table (every task x prompt style, best value per row in bold), the reflection
+It leads with the answer: one sentence (the final model against each other one, called ahead or behind
+only where the 95% intervals separate them), the headline table (model x task: the main metric, its
+95% interval and the reflection gain; :mod:`srvau.evaluation.headline`) and its figure (per-task bars
+with 95% interval whiskers). Paths are shown relative to the project root, never absolute. Then the
+details: the metric table (every task x prompt style, best value per row in bold), the reflection
 table (transition rates and IoU change of reflection traces), the VAU-Eval judge table when the judge
 ran, and four figures drawn with matplotlib (Agg backend, no display needed): the grounding IoU
 histogram, the class confusion matrix, the reflection transition matrix (first answer right/wrong x
@@ -14,11 +18,13 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from srvau.contract.vocab import CLASSES
+from srvau.evaluation import headline as H
 from srvau.io import write_text
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -55,6 +61,42 @@ def _select(records: list[dict[str, Any]], task: str, style: str) -> list[dict[s
 
 
 # ----------------------------------------------------------------------------- figures
+
+
+def fig_headline(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
+    """Per-task bars of the main metric, one per model, with 95% interval whiskers and the value on top."""
+    import numpy as np
+
+    models, tasks, grid = H.pivot(rows)
+    if not models:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
+    width = 0.8 / len(models)
+    x = np.arange(len(tasks))
+    for i, m in enumerate(models):
+        cells = [grid.get((m, t)) or {} for t in tasks]
+        vals = [c.get("value") for c in cells]
+        heights = [v or 0.0 for v in vals]
+        # whiskers from the interval; a missing interval draws none
+        lo = [max(h - c["ci95"][0], 0.0) if c.get("ci95") else 0.0 for h, c in zip(heights, cells)]
+        hi = [max(c["ci95"][1] - h, 0.0) if c.get("ci95") else 0.0 for h, c in zip(heights, cells)]
+        xs = x - 0.4 + width * (i + 0.5)
+        ax.bar(xs, heights, width=width * 0.92, label=m, yerr=[lo, hi], capsize=4, error_kw={"elinewidth": 1.2}, zorder=2)
+        for xi, v, h, up in zip(xs, vals, heights, hi):
+            ax.text(xi, h + up + 1.5, "n/a" if v is None else f"{H.one_decimal(v)}", ha="center", va="bottom", fontsize=8)
+    if "qa" in tasks:  # four options: a reader needs to see where guessing lands
+        q = tasks.index("qa")
+        ax.hlines(25, q - 0.45, q + 0.45, colors="grey", linestyles="dashed", linewidth=1, zorder=3)
+        ax.text(q - 0.45, 26, "chance 25%", ha="left", va="bottom", fontsize=7, color="grey")
+    ax.set_xticks(x, [H.MAIN_METRIC[t][1].replace(" ", "\n", 1) for t in tasks])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("% (higher is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(title="model", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def fig_iou_histogram(records_by_model: dict[str, list[dict]], style: str, path: Path) -> Path | None:
@@ -290,6 +332,59 @@ def judge_table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def headline_table(rows: list[dict[str, Any]]) -> str:
+    """Models x tasks: each task's main metric with its 95% interval, and the reflection gain beside it."""
+    models, tasks, grid = H.pivot(rows)
+    if not models:
+        return "<p>No model was evaluated.</p>"
+    ns = {t: {grid[(m, t)].get("n") for m in models if (m, t) in grid} for t in tasks}
+    same_n = {t: next(iter(n)) for t, n in ns.items() if len(n) == 1}  # one n per task: said once, in its header
+    top = "".join(f'<th colspan="2">{html.escape(H.MAIN_METRIC[t][1])}'
+                  + (f' <span class="ci">n={same_n[t]}</span>' if t in same_n else "") + "</th>" for t in tasks)
+    sub = '<th>value [95% CI]</th><th title="final minus first-answer accuracy over reflection traces, points">reflection gain</th>' * len(tasks)
+    out = [f'<table class="metrics headline"><thead><tr><th rowspan="2">model</th>{top}</tr><tr>{sub}</tr></thead><tbody>']
+    for m in models:
+        cells = ""
+        for t in tasks:
+            r = grid.get((m, t)) or {}
+            value = html.escape(H.fmt_value(r.get("value"), r.get("ci95")))
+            if t not in same_n and r.get("n") is not None:
+                value += f' <span class="ci">n={r["n"]}</span>'
+            cells += f'<td class="num">{value}</td><td class="num">{html.escape(H.fmt_gain(r.get("reflection_gain")))}</td>'
+        out.append(f"<tr><th>{html.escape(m)}</th>{cells}</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def display_path(value: Any, root: Path) -> Any:
+    """A path as the reader should see it: relative to the project ``root``; outside it, relative to the
+    nearest folder it shares with ``root`` (never absolute, so a report reads the same on every machine).
+    Anything that is not an absolute path (a Hub id, a number) is returned as it is."""
+    if not isinstance(value, (str, Path)) or not Path(value).is_absolute():
+        return value
+    p, root = Path(value), Path(root)
+    try:
+        return p.relative_to(root).as_posix() or "."
+    except ValueError:
+        common = Path(os.path.commonpath([p, root]))
+        rel = p.relative_to(common).as_posix()
+        return rel if common != Path(common.anchor) else f".../{p.name}"
+
+
+def _relative(value: Any, root: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _relative(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative(v, root) for v in value]
+    return display_path(value, root)
+
+
+def _info_cell(v: Any) -> str:
+    if isinstance(v, dict):
+        return "<br>".join(f"{html.escape(str(k))}: <code>{_fmt(x)}</code>" for k, x in v.items()) or "&ndash;"
+    return _fmt(v)
+
+
 def _img(path: Path | None, alt: str) -> str:
     if path is None:
         return f"<p><i>{html.escape(alt)}: no data.</i></p>"
@@ -306,6 +401,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 span.ci{color:#777;font-size:12px}
 figure{margin:1.5em 0} img{max-width:100%} figcaption{font-size:13px;color:#555}
 code{background:#f4f4f4;padding:0 3px}
+p.answer{font-size:17px;background:#f6f8fa;border-left:4px solid #2c7be5;padding:.6em 1em}
+table.headline td,table.headline th{padding:4px 8px} table.headline td{white-space:nowrap} table.headline tbody th{text-align:left}
 """
 
 
@@ -316,21 +413,41 @@ def write_report(
     info: dict[str, Any],
     style: str = "reflect",
     iou_right: float = 0.5,
+    root: Path | None = None,
 ) -> Path:
-    """Write figures/*.png next to ``path`` and the HTML report itself; returns ``path``."""
+    """Write figures/*.png next to ``path`` and the HTML report itself; returns ``path``.
+
+    ``info``: what was run (split, videos, models -> checkpoint, ...), shown under the answer with every
+    absolute path made relative to ``root`` (the project root by default)."""
+    from srvau.config import PROJECT_ROOT
+
     path = Path(path)
     figs = path.parent / "figures"
+    info = _relative(info, Path(root) if root else PROJECT_ROOT)
+    rows = H.headline_rows(results, style)
+    split, videos = info.get("split"), info.get("videos")
+    scope = f"{split} split" if split else "evaluation split"
+    if videos:
+        scope += f", n={videos} videos"
+    headline_fig = fig_headline(rows, f"Main metric per task, {style} prompts, {scope}: bars with 95% intervals", figs / "headline.png")
     images = [
         (fig_iou_histogram(records_by_model, style, figs / "iou_histogram.png"), "Grounding IoU histogram"),
         (fig_confusion(records_by_model, style, figs / "confusion.png"), "Class confusion matrix"),
         (fig_reflection(records_by_model, iou_right, figs / "reflection_transitions.png"), "Reflection transition matrix"),
         (fig_per_class(records_by_model, style, figs / "per_class_accuracy.png"), "Per-class accuracy"),
     ]
-    info_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in info.items())
+    info_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_info_cell(v)}</td></tr>" for k, v in info.items())
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>srvau evaluation: {html.escape(' vs '.join(results))}</title>
 <style>{CSS}</style></head><body>
 <h1>Evaluation report: {html.escape(' / '.join(results))}</h1>
+<p class="answer">{html.escape(H.answer(results, style, split, videos))}</p>
+<h2>Headline</h2>
+{headline_table(rows)}
+<p>{html.escape(H.NOTE)} Main metric per task: QA accuracy, grounding mIoU, classification 20-way accuracy,
+description keyword recall; <code>n</code>: scored samples.</p>
+{_img(headline_fig, "Main metric per task with 95% intervals")}
+<h2>Run</h2>
 <table class="metrics">{info_rows}</table>
 <h2>Metrics</h2>
 <p>Percentages (0-100) by VAU-R1's protocol: QA accuracy; grounding mIoU and R@k on anomaly intervals;

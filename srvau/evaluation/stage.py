@@ -3,8 +3,8 @@
 Outputs under ``out_dir`` (``reports/eval`` by default)::
 
     metrics.json                 DVC metrics: model -> task -> style -> metrics (+ reflection, vau_eval)
-    inference.json               throughput and padding per model (kept out of metrics.json: it is
-                                 machine-dependent noise for ``dvc metrics diff``)
+    inference.json               throughput, padding and ``processes`` (the world size) per model (kept
+                                 out of metrics.json: machine-dependent noise for ``dvc metrics diff``)
     predictions/<model>.jsonl    one record per (video, task, style): prompt, output, parsed answers, truth
     judge/<model>.jsonl          every VAU-Eval verdict (when the judge is on)
     plots/...                    DVC plot data (see :func:`write_plot_data`)
@@ -251,7 +251,13 @@ def evaluate(
     from srvau.evaluation.judge import judge_records
     from srvau.evaluation.report import write_report
     from srvau.modeling import load_model, load_processor
-    from srvau.tracking.runs import log_stage_artifact, log_stage_artifacts, log_stage_metrics, set_stage_tags
+    from srvau.tracking.runs import (
+        log_stage_artifact,
+        log_stage_artifacts,
+        log_stage_metrics,
+        log_stage_params,
+        set_stage_tags,
+    )
 
     cfg = params.evaluate
     manifest, out_dir = Path(manifest), Path(out_dir)
@@ -264,7 +270,8 @@ def evaluate(
     if not ckpts:
         raise FileNotFoundError(f"none of the models {models} has a checkpoint (train them first)")
     settings = GenerationSettings(cfg.max_new_tokens, cfg.temperature, params.seed)
-    main = process_group()[0] == 0
+    rank, world = process_group()
+    main = rank == 0
     log.info("evaluating %s on %d prompts (%d videos, split %s)", list(ckpts), len(samples), rows.shape[0], cfg.split)
 
     results: dict[str, Any] = {}
@@ -284,7 +291,7 @@ def evaluate(
         results[label] = m
         records_by_model[label] = records
         predictions[label] = str(pred_path)
-        inference[label] = {"checkpoint": ckpt, **stats.as_dict()}
+        inference[label] = {"checkpoint": ckpt, "processes": world, **stats.as_dict()}  # world size, also at 1
         if main:
             log_stage_metrics(STAGE, {label: _numeric(m)})
 
@@ -309,6 +316,7 @@ def evaluate(
     report_path = write_report(results, records_by_model, report, info, cfg.primary_style, cfg.iou_right)
 
     set_stage_tags({"evaluate.split": cfg.split, "evaluate.models": ",".join(ckpts)})
+    log_stage_params({"evaluate.world_size": world})  # how it was launched (srvau.launch)
     if cfg.judge.enabled:
         set_stage_tags({"evaluate.judge.model": cfg.judge.model, "evaluate.judge.temperature": str(cfg.judge.temperature)})
     for path in (metrics_path, out_dir / "inference.json", report_path):

@@ -10,6 +10,11 @@
 * Vision placeholder ids are suppressed: an untrained model samples ``<|video_pad|>`` and the next
   forward then fails ("Video features and video tokens do not match").
 * Outputs are cut after the first end-of-sequence token (a batch keeps padding finished rows).
+* A video asked several questions in one batch goes through the vision encoder once: its features are
+  computed per distinct clip and handed to ``generate()`` as ``mm_encoder_outputs`` (transformers'
+  own slot for precomputed encoder outputs). The vision encoder treats every video on its own (block-
+  diagonal attention), so the features, and the tokens, are those of one video per call (tested).
+  The evaluation orders its prompts video by video so that a batch holds few videos.
 """
 
 from __future__ import annotations
@@ -130,8 +135,35 @@ def _trim(ids: list[int], eos: set[int]) -> list[int]:
     return ids
 
 
+def _distinct(clips: Sequence[Clip]) -> list[int]:
+    """For each clip, the position of its first occurrence (the same frames object = the same video)."""
+    first: dict[int, int] = {}
+    return [first.setdefault(id(c[0]), i) for i, c in enumerate(clips)]
+
+
+def _shared_video_features(model, inputs, owner: Sequence[int]) -> dict | None:
+    """``mm_encoder_outputs`` holding each distinct video's features once per row that shows it, or
+    None when every row has its own video (generate() then encodes them itself, as always)."""
+    if len(set(owner)) == len(owner) or "pixel_values_videos" not in inputs:
+        return None
+    encode = getattr(model, "get_video_features", None)
+    if encode is None:  # not a Qwen2.5-VL-style model: leave the encoding to generate()
+        return None
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    grid = inputs["video_grid_thw"]
+    rows = torch.split(inputs["pixel_values_videos"], grid.prod(-1).tolist())
+    keep = sorted(set(owner))
+    feats = encode(torch.cat([rows[i] for i in keep]), grid[keep], return_dict=True).pooler_output
+    by_owner = dict(zip(keep, feats))
+    return {"video": BaseModelOutputWithPooling(pooler_output=tuple(by_owner[o] for o in owner))}
+
+
 def generate_batch(model, processor, texts: Sequence[str], clips: Sequence[Clip], gen_kwargs: dict) -> list[Generation]:
-    """One left-padded ``generate()`` over several (chat text, clip) pairs, on the model's device."""
+    """One left-padded ``generate()`` over several (chat text, clip) pairs, on the model's device.
+
+    Rows that share a clip (the same frames object) share its vision features (module docstring)."""
     import torch
 
     from srvau.modeling.inputs import processor_inputs
@@ -142,6 +174,10 @@ def generate_batch(model, processor, texts: Sequence[str], clips: Sequence[Clip]
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
     width = inputs["input_ids"].shape[1]
     with torch.inference_mode():
+        shared = _shared_video_features(model, inputs, _distinct(clips))
+        if shared is not None:
+            inputs = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
+            inputs["mm_encoder_outputs"] = shared
         out = model.generate(**inputs, **gen_kwargs)
     eos = _eos_ids(gen_kwargs)
     lengths = inputs["attention_mask"].sum(dim=1).tolist()
@@ -161,6 +197,21 @@ def _load(clip: ClipSource) -> Clip:
             raise FileNotFoundError(f"frame cache entry {clip} not found")
         return load_frames(clip)
     return clip
+
+
+def _load_batch(sources: Sequence[ClipSource]) -> list[Clip]:
+    """The batch's clips, a path named twice loaded once (so its rows share one video encoding)."""
+    by_path: dict[str, Clip] = {}
+    out = []
+    for src in sources:
+        if isinstance(src, (str, Path)):
+            key = str(src)
+            if key not in by_path:
+                by_path[key] = _load(src)
+            out.append(by_path[key])
+        else:
+            out.append(src)
+    return out
 
 
 def generate(
@@ -186,7 +237,7 @@ def generate(
     out: list[Generation] = []
     for start in range(0, len(texts), batch_size):
         idx = range(start, min(start + batch_size, len(texts)))
-        out += generate_batch(model, processor, [texts[i] for i in idx], [_load(clips[i]) for i in idx], gen_kwargs)
+        out += generate_batch(model, processor, [texts[i] for i in idx], _load_batch([clips[i] for i in idx]), gen_kwargs)
         if on_batch:
             on_batch(len(idx))
     return out

@@ -1,6 +1,6 @@
-"""The registered model: an MLflow pyfunc logged as *models-from-code* (this file, not a pickle).
+"""The logged (and registered) model: an MLflow pyfunc logged as *models-from-code* (this file, not a pickle).
 
-``srvau.tracking.registry.register`` logs this file with ``python_model=<path>``, the checkpoint as the
+``srvau.tracking.models.log_checkpoint`` logs this file with ``python_model=<path>``, the checkpoint as the
 ``checkpoint`` artifact, the ``srvau`` package as ``code_paths`` (so a loader needs no checkout) and
 the settings it was evaluated with as ``model_config``. Loading executes this file, which declares the
 model with ``set_model``.

@@ -1,7 +1,11 @@
-"""MLflow runs: one run per pipeline run, every stage logging into it, and tracking that cannot stop a stage.
+"""MLflow runs: one parent run per pipeline run, one child run per stage, and tracking that cannot stop a stage.
 
-The Prefect flow opens the run and passes its id to each ``dvc repro <stage>`` subprocess through
-``MLFLOW_RUN_ID``. A stage run by hand (``srvau sft`` or plain ``dvc repro``) opens a run of its own.
+The Prefect flow opens the parent run (``pipeline``) and passes its id to each ``dvc repro <stage>``
+subprocess through ``SRVAU_PARENT_RUN_ID``; the stage opens a child run of it, named after the stage,
+holding the params that stage reads (its ``params:`` in dvc.yaml), its metrics and its artifacts. A
+stage run by hand (``srvau sft`` or plain ``dvc repro``) opens a top-level run of its own
+(``stage-<name>``, every param). ``MLFLOW_RUN_ID``, when set, still attaches the stage to that run.
+Every run carries :func:`lineage_tags`: the git commit, the digest of ``dvc.lock`` and the recipe.
 The CLI opens :func:`stage_run` around every stage command (the one level where it is opened); stage
 functions only log, through the ``log_stage_*`` helpers below. Stage metrics are prefixed with the stage.
 
@@ -27,6 +31,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -45,6 +50,12 @@ _SECRET_LEAF = re.compile(r"^(api_key|key|token|access_token|auth_token|hf_token
 TAG_STAGE, TAG_HOST, TAG_PID, TAG_PID_START = "srvau.stage", "srvau.host", "srvau.pid", "srvau.pid_start"
 ENV_MAX_RETRIES, ENV_TIMEOUT = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"
 ENV_BACKOFF = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+# The pipeline's run id, handed to each stage subprocess: the stage's run becomes a child of it.
+ENV_PARENT = "SRVAU_PARENT_RUN_ID"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
+# On every run: what produced it.
+TAG_GIT, TAG_DVC_LOCK, TAG_RECIPE = "srvau.git_commit", "srvau.dvc_lock_sha256", "srvau.recipe"
+TAG_UP_TO_DATE = "srvau.up_to_date"  # a child the flow recorded for a stage DVC did not run
 
 
 def tracking_uri(params: Params) -> str:
@@ -94,6 +105,65 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def safe_params(params: Params) -> dict[str, str]:
     """Params as flat strings, with anything that looks like a credential left out."""
     return {k: str(v)[:500] for k, v in flatten(params.dump()).items() if not _SECRET_LEAF.search(k.rsplit(".", 1)[-1])}
+
+
+def stage_param_keys(stage: str) -> list[str] | None:
+    """The params a DVC stage reads (its ``params:`` in dvc.yaml, e.g. ``seed``, ``sft``, ``model.tiny``),
+    or None when dvc.yaml does not declare the stage."""
+    import yaml
+
+    try:
+        declared = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"][stage]
+        declared = declared.get("do", declared)  # a `foreach` stage declares its params under `do`
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+    keys: list[str] = []
+    for entry in declared.get("params") or []:
+        if isinstance(entry, dict):  # {params_file: [keys]}: only params.yaml's are the resolved values
+            keys += [str(k) for k in entry.get("params.yaml") or []]
+        else:
+            keys.append(str(entry))
+    return list(dict.fromkeys(k for k in keys if "${" not in k))  # a templated key is not a params.yaml key
+
+
+def stage_params(params: Params, stage: str) -> dict[str, str]:
+    """:func:`safe_params` narrowed to what ``stage`` reads; all of them when dvc.yaml does not say."""
+    flat = safe_params(params)
+    keys = stage_param_keys(stage)
+    if keys is None:
+        return flat
+    return {k: v for k, v in flat.items() if any(k == key or k.startswith(key + ".") for key in keys)}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the project, ``-dirty`` when tracked files differ from it; "unknown"
+    outside git or before the first commit."""
+    head = _git("rev-parse", "HEAD")
+    if not head:
+        return "unknown"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}-dirty" if dirty else head
+
+
+def lineage_tags(params: Params) -> dict[str, str]:
+    """What produced a run: the code (git commit), the pipeline state (sha256 of dvc.lock, "none" when
+    there is none yet) and the recipe ("demo" without one)."""
+    from srvau.io import sha256_file
+
+    lock = PROJECT_ROOT / "dvc.lock"
+    try:
+        lock_digest = sha256_file(lock)
+    except OSError:
+        lock_digest = "none"
+    return {TAG_GIT: git_commit(), TAG_DVC_LOCK: lock_digest, TAG_RECIPE: params.recipe or "demo"}
 
 
 # ----------------------------------------------------------------------------- processes
@@ -246,26 +316,35 @@ def _drop_active_run(reason: str, end: bool) -> None:
                 os.environ[k] = v
 
 
-def _track(kind: str, call: Callable[[], Any], **payload: Any) -> None:
-    """Run one MLflow logging call for the current stage; never raise. Without an active run (a non-main
-    rank, a function called outside any stage run) it does nothing."""
+def _track(kind: str, call: Callable[[], Any], **payload: Any) -> Any:
+    """Run one MLflow logging call for the current stage and return its result; never raise (None
+    instead). Without an active run (a non-main rank, a function called outside any stage run) it does
+    nothing."""
     with _lock:
         tracking = _current
         if tracking is not None and not tracking.active:
             tracking.record(kind, **payload)
-            return
+            return None
         import mlflow
 
         if mlflow.active_run() is None:
-            return
+            return None
         try:
-            call()
+            return call()
         except Exception as e:
             if tracking is None:
                 log.warning("MLflow %s not logged: %s", kind, e)
-                return
+                return None
             tracking.fail(e)
             tracking.record(kind, **payload)
+            return None
+
+
+def track_call(kind: str, call: Callable[[], Any], **payload: Any) -> Any:
+    """A stage's own tracking call (e.g. logging a model) under the same rules as the ``log_stage_*``
+    helpers: its result, or None when there is no run or tracking failed (then ``payload`` goes to the
+    local JSONL)."""
+    return _track(kind, call, **payload)
 
 
 def _default_local_log(params: Params, stage: str) -> Path:
@@ -312,11 +391,13 @@ def _sigterm_ends_run() -> Iterator[_SignalGuard]:
 
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, local_log: Path | None = None) -> Iterator[Any]:
-    """The stage's MLflow run (the pipeline's when ``MLFLOW_RUN_ID`` is set), or None when this process
-    does not track (a non-main rank) or tracking could not start; the stage runs the same either way.
+    """The stage's MLflow run, or None when this process does not track (a non-main rank) or tracking
+    could not start; the stage runs the same either way.
 
-    A run the stage opened ends FINISHED, FAILED (an error, a non-zero exit) or KILLED (SIGTERM, Ctrl-C;
-    the process then exits 143). The pipeline's run is left RUNNING for the flow after a success.
+    With ``SRVAU_PARENT_RUN_ID`` (the flow's run) the run is a child of it, named ``stage``, with the
+    stage's params; without it a top-level ``stage-<stage>`` run with every param. Either ends
+    FINISHED, FAILED (an error, a non-zero exit) or KILLED (SIGTERM, Ctrl-C; the process then exits
+    143). With ``MLFLOW_RUN_ID`` the stage logs into that run and leaves it RUNNING after a success.
     """
     global _current
     if not is_main_process():
@@ -328,6 +409,7 @@ def stage_run(params: Params, stage: str, local_log: Path | None = None) -> Iter
     import mlflow
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
+    parent_id = None if run_id else (os.environ.get(ENV_PARENT) or None)
     tracking = StageTracking(stage, Path(local_log) if local_log else _default_local_log(params, stage), owns_run=not run_id)
     run = None
     status = "FINISHED"
@@ -337,15 +419,16 @@ def stage_run(params: Params, stage: str, local_log: Path | None = None) -> Iter
             signals.defer = True
             try:
                 configure(params)
-                if not run_id:
+                if run_id:
+                    run = mlflow.start_run(run_id=run_id)
+                else:
                     try:
                         reap_stale_runs(stage, mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id)
                     except Exception as e:  # housekeeping: the stage's own run matters more
                         log.warning("could not look for runs of killed %s stages: %s", stage, e)
-                run = mlflow.start_run(run_id=run_id, run_name=None if run_id else f"stage-{stage}",
-                                       tags=None if run_id else owner_tags(stage))
-                if not run_id:
-                    mlflow.log_params(safe_params(params))
+                    run = mlflow.start_run(run_name=stage if parent_id else f"stage-{stage}", parent_run_id=parent_id,
+                                           tags={**owner_tags(stage), **lineage_tags(params)})
+                    mlflow.log_params(stage_params(params, stage) if parent_id else safe_params(params))
             except Exception as e:
                 tracking.fail(e)
                 run = None
@@ -373,7 +456,7 @@ def stage_run(params: Params, stage: str, local_log: Path | None = None) -> Iter
 
 
 def _end(run_id: str, status: str, owned: bool, tracking: StageTracking) -> None:
-    """End the stage's run; the pipeline's run is only detached after a success (the flow ends it)."""
+    """End the stage's run; a run attached by ``MLFLOW_RUN_ID`` is only detached after a success."""
     import mlflow
 
     try:
@@ -384,6 +467,37 @@ def _end(run_id: str, status: str, owned: bool, tracking: StageTracking) -> None
     except Exception as e:
         tracking.fail(e)
         tracking.record("run_end", status=status)
+
+
+# ----------------------------------------------------------------------------- the pipeline's children
+
+
+def stage_children(parent_id: str) -> dict[str, list[Any]]:
+    """The child runs of a pipeline run, by stage (``srvau.stage`` tag)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    out: dict[str, list[Any]] = {}
+    for run in client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'"):
+        out.setdefault(run.data.tags.get(TAG_STAGE, run.info.run_name), []).append(run)
+    return out
+
+
+def record_stage_without_run(params: Params, parent_id: str, stage: str, why: str) -> str:
+    """A finished child run for a stage whose command did not run (DVC found it up to date, or restored
+    its outputs), so every pipeline run shows one child per stage. Returns its id."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    tags = {TAG_PARENT: parent_id, TAG_STAGE: stage, TAG_UP_TO_DATE: "true", "srvau.skipped": why,
+            **lineage_tags(params)}
+    run = client.create_run(parent.info.experiment_id, run_name=stage, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in stage_params(params, stage).items()])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 # ----------------------------------------------------------------------------- logging helpers

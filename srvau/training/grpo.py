@@ -519,6 +519,7 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
     from datasets import Dataset
 
     from srvau.modeling import load_model, load_processor
+    from srvau.tracking.runs import log_stage_params
     from srvau.training import checkpoints as ckpts
     from srvau.training import common
     from srvau.training.sft import load_split
@@ -559,7 +560,10 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
     }
     main = trainer.accelerator.is_main_process
     common.log_summary("grpo", summary, main)
+    # how the run was launched: an MLflow param (a setting, not a result), and in summary.json
+    summary["world_size"] = int(trainer.accelerator.num_processes)
     if main:
+        log_stage_params({"grpo.world_size": summary["world_size"]})
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         log.info("GRPO done: %s", summary)
     return summary

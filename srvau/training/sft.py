@@ -38,6 +38,7 @@ ensure_torchvision()
 import torch  # noqa: E402
 
 from srvau.config import Params  # noqa: E402
+from srvau.io import write_json  # noqa: E402
 from srvau.modeling.inputs import even_frames, video_metadata  # noqa: E402
 from srvau.training import checkpoints  # noqa: E402
 from srvau.training.common import (  # noqa: E402
@@ -48,6 +49,7 @@ from srvau.training.common import (  # noqa: E402
     lora_config,
     trainable_parameters,
 )
+from srvau.tracking.runs import log_stage_params  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +264,8 @@ def sft(
 ) -> dict[str, float]:
     """Run the SFT stage; returns its metrics (on every rank under ``accelerate launch``).
 
-    Writes ``out_dir/{checkpoints,adapter,merged}`` (:mod:`srvau.training.checkpoints`). Resumes
+    Writes ``out_dir/{checkpoints,adapter,merged}`` (:mod:`srvau.training.checkpoints`) and
+    ``out_dir/summary.json`` (these metrics and the run's ``world_size``, main process only). Resumes
     automatically from the newest complete matching checkpoint when ``params.sft.resume`` is on; a run
     that already reached ``max_steps`` is exported, not trained again. Per-step loss and learning rate
     go to the active MLflow run (opened by the CLI) as ``sft.loss`` / ``sft.learning_rate``, the final
@@ -298,6 +301,12 @@ def sft(
         "samples": len(dataset),
         **counts,
     }
-    log_summary("sft", metrics, trainer.accelerator.is_main_process)
+    main = trainer.accelerator.is_main_process
+    log_summary("sft", metrics, main)
+    # how the run was launched: an MLflow param (a setting, not a result), and in summary.json
+    metrics["world_size"] = int(trainer.accelerator.num_processes)
+    if main:
+        log_stage_params({"sft.world_size": metrics["world_size"]})
+        write_json(out_dir / "summary.json", metrics)
     log.info("SFT done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
     return metrics

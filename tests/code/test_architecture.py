@@ -178,7 +178,26 @@ def uncovered_deps(stages: dict) -> dict[str, list[str]]:
 
 
 def _dvc_stages() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stage definitions as written (a ``foreach`` group by its ``do`` body)."""
+    return {name: stage.get("do", stage) for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()}
+
+
+def test_stages_track_each_section_they_read_where_it_was_set():
+    """Each top-level section a stage reads from params.yaml is also tracked at ``${set_by.<section>}``
+    (the file that set it), so an edit inside a recipe shows in `dvc status` before recomposition."""
+    for name, stage in _dvc_stages().items():
+        plain = {p.split(".")[0] for p in stage.get("params", []) if isinstance(p, str)}
+        at_source = {f: keys for p in stage.get("params", []) if isinstance(p, dict) for f, keys in p.items()}
+        assert at_source == {f"${{set_by.{sec}}}": [sec] for sec in plain}, name
+
+
+def test_data_and_model_paths_come_from_params_not_the_demo():
+    """Regression: ingest depended on data/demo and sft/evaluate on models/tiny-base whatever the recipe
+    named, so DVC never saw a recipe's own videos, CSVs or base model."""
+    text = (ROOT / "dvc.yaml").read_text()
+    body = text[text.index("stages:"):]
+    for literal in ("data/demo", "models/tiny-base", "data/vau-bench"):
+        assert literal not in body, f"dvc.yaml names {literal}: take it from params (${{...}})"
 
 
 def test_every_stage_depends_on_the_modules_its_command_imports():

@@ -1,4 +1,4 @@
-"""Config: valid files load, recipes overlay, and every kind of error names its key."""
+"""Config: valid files load, recipes compose (as DVC composes them), and every kind of error names its key."""
 
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ def test_project_params_load_and_every_section_is_set():
     assert set(p.dump()) == set(raw)
 
 
-def test_params_yaml_keys_are_all_commented():
-    """Every key line in params.yaml carries a comment, except section headers and list items."""
-    lines = (PROJECT_ROOT / "params.yaml").read_text().splitlines()
+def test_default_keys_are_all_commented():
+    """Every key line in configs/defaults.yaml (where the demo defaults are documented; params.yaml is
+    composed from it) carries a comment, except section headers and list items."""
+    lines = (PROJECT_ROOT / "configs" / "defaults.yaml").read_text().splitlines()
     bare = []
     for i, line in enumerate(lines):
         s = line.strip()
@@ -51,7 +52,7 @@ def test_params_yaml_keys_are_all_commented():
             )
             if "#" not in header and "#" not in prev:
                 bare.append(line)
-    assert not bare, f"uncommented keys in params.yaml: {bare}"
+    assert not bare, f"uncommented keys in configs/defaults.yaml: {bare}"
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -95,32 +96,106 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
-def test_recipe_overlay_merges_deeply(tmp_path):
-    overlay = _write(tmp_path, {"sft": {"max_steps": 7}, "model": {"torch_dtype": "bfloat16"}}, "r.yaml")
-    p = load_params(recipe=str(overlay))
+def _recipe(tmp_path: Path, data: dict, name: str = "r") -> Path:
+    """A recipe outside the project: Hydra finds it in a ``recipe/`` folder of an extra search path."""
+    path = tmp_path / "recipe" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# @package _global_\n" + yaml.safe_dump(data))
+    return path
+
+
+def test_recipe_applies_over_the_defaults_deeply(tmp_path):
+    p = load_params(recipe=str(_recipe(tmp_path, {"sft": {"max_steps": 7}, "model": {"torch_dtype": "bfloat16"}})))
     assert p.sft.max_steps == 7 and p.model.torch_dtype == "bfloat16"
-    # untouched keys of the same sections keep the params.yaml value
+    # untouched keys of the same sections keep the default
     assert p.sft.learning_rate == _project_params()["sft"]["learning_rate"]
-    assert p.recipe == str(overlay)
 
 
 def test_recipe_errors_name_the_recipe_key(tmp_path):
-    overlay = _write(tmp_path, {"grpo": {"num_generations": "eight"}}, "r.yaml")
     with pytest.raises(ConfigError, match=r"grpo\.num_generations"):
-        load_params(recipe=str(overlay))
+        load_params(recipe=str(_recipe(tmp_path, {"grpo": {"num_generations": "eight"}})))
+    with pytest.raises(ConfigError, match="Could not find 'recipe/nope'"):
+        load_params(recipe="nope")
+    stray = tmp_path / "stray.yaml"
+    stray.write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match="must sit in a 'recipe/' folder"):
+        load_params(recipe=str(stray))
 
 
-def test_recipe_selected_by_the_recipe_key_like_dvc_exp_run_S(tmp_path):
-    overlay = _write(tmp_path, {"seed": 99}, "r.yaml")
-    data = _project_params()
-    data["recipe"] = str(overlay)  # what `dvc exp run -S recipe=...` writes into params.yaml
-    assert load_params(_write(tmp_path, data)).seed == 99
+def test_composition_is_what_dvc_exp_run_writes_and_overrides_win(tmp_path):
+    """``srvau config compose`` writes params.yaml with DVC's own Hydra writer: an explicit override
+    beats the recipe's value (regression: ``-S sft.max_steps=5`` lost to the recipe's 1500)."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from srvau.config import write_composed
+
+    ours, dvcs = tmp_path / "ours.yaml", tmp_path / "dvc.yaml"
+    write_composed(ours, "paper-3b", ["sft.max_steps=5"])
+    compose_and_dump(str(dvcs), str(PROJECT_ROOT / "configs"), None, "defaults", str(PROJECT_ROOT),
+                     ["recipe=paper-3b", "sft.max_steps=5"])  # what `dvc exp run -S recipe=paper-3b -S sft.max_steps=5` calls
+    assert ours.read_text() == dvcs.read_text()
+    p = load_params(ours)
+    assert p.sft.max_steps == 5 and p.recipe == "paper-3b" and p.grpo.max_steps == load_params(recipe="paper-3b").grpo.max_steps
 
 
-def test_recipes_in_configs_all_validate():
-    recipes = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+def test_params_yaml_is_the_composition_of_configs(tmp_path):
+    """params.yaml is generated: edit configs/ and run `srvau config compose` (or `dvc exp run`)."""
+    from srvau.config import write_composed
+
+    write_composed(tmp_path / "params.yaml")
+    assert (PROJECT_ROOT / "params.yaml").read_text() == (tmp_path / "params.yaml").read_text(), \
+        "params.yaml is stale: run `srvau config compose`"
+
+
+def test_dvc_composes_from_the_same_folder_and_file():
+    import configparser
+
+    from srvau.config import CONFIG_DIR, DEFAULTS_NAME
+
+    cfg = configparser.ConfigParser()
+    cfg.read(PROJECT_ROOT / ".dvc" / "config")
+    assert cfg["hydra"]["enabled"] == "true"
+    assert (cfg["hydra"]["config_dir"], cfg["hydra"]["config_name"]) == (CONFIG_DIR, DEFAULTS_NAME)
+
+
+def test_recipes_all_validate_and_name_the_sections_they_set():
+    """Each recipe names itself and, in ``set_by``, every section it sets (dvc.yaml tracks those
+    sections at that file); the defaults name themselves for every section."""
+    from srvau.config import Params
+
+    recipes = sorted((PROJECT_ROOT / "configs" / "recipe").glob("*.yaml"))
+    assert {r.stem for r in recipes} >= {"paper-3b", "rehearsal", "vau-r1"}
     for r in recipes:
-        load_params(recipe=str(r))  # raises ConfigError naming the key if a recipe drifts
+        p = load_params(recipe=r.stem)  # raises ConfigError naming the key if a recipe drifts
+        raw = yaml.safe_load(r.read_text())
+        assert raw["recipe"] == r.stem == p.recipe
+        sections = set(raw) - {"recipe", "set_by", "defaults"}
+        assert raw["set_by"] == {k: f"configs/recipe/{r.name}" for k in sections}, r.name
+    defaults = yaml.safe_load((PROJECT_ROOT / "configs" / "defaults.yaml").read_text())
+    fields = {(f.alias or n) for n, f in Params.model_fields.items()} - {"recipe", "set_by"}
+    assert defaults["set_by"] == {k: "configs/defaults.yaml" for k in fields}
+
+
+def test_a_recipe_layers_on_another():
+    """rehearsal names paper-3b in its defaults list: it changes only what a CPU needs."""
+    paper, rehearsal = load_params(recipe="paper-3b"), load_params(recipe="rehearsal")
+    assert rehearsal.model.base == "models/tiny-base" and rehearsal.sft.max_steps == 6
+    assert rehearsal.cot.flaws == paper.cot.flaws == "random"  # the paper's, not set again
+    assert rehearsal.grpo.difficulty_filter is paper.grpo.difficulty_filter is True
+    assert rehearsal.set_by["cot"] == "configs/recipe/rehearsal.yaml"
+    assert rehearsal.set_by["grpo"] == "configs/recipe/rehearsal.yaml"
+    assert paper.set_by["register"] == "configs/defaults.yaml"
+
+
+def test_a_composed_params_yaml_keeps_annotations_in_the_folder_dvc_tracks(tmp_path):
+    from srvau.config import write_composed
+
+    out = tmp_path / "params.yaml"
+    with pytest.raises(ConfigError, match="ingest.annotations must lie under ingest.annotations_dir"):
+        write_composed(out, None, ["ingest.annotations=[data/elsewhere/x.csv]"])
+    assert not out.exists()  # nothing written
+    # a one-off override for one command may point anywhere
+    assert load_params(overrides={"ingest.annotations": ["/tmp/x.csv"]}).ingest.annotations == ["/tmp/x.csv"]
 
 
 def test_cli_config_show_and_errors():

@@ -1,5 +1,6 @@
 """Tracking that cannot stop a stage (srvau.tracking.runs): bounded HTTP client, local fallback after a
-tracking failure, rank awareness, and runs of killed stages ending KILLED.
+tracking failure, rank awareness, and runs of killed stages ending KILLED; under a pipeline run, each
+stage's run is a child of it holding that stage's params, and every run says what produced it.
 
 The fast tests use the session's sqlite store; the slow ones run the real ``srvau ingest`` in a
 subprocess against a real ``mlflow server`` and kill one or the other mid-stage.
@@ -7,6 +8,7 @@ subprocess against a real ``mlflow server`` and kill one or the other mid-stage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from services import local_mlflow_server
 from srvau.config import PROJECT_ROOT, load_params
 from srvau.tracking import runs
 
@@ -30,6 +33,7 @@ STAGE_TAG = "srvau.stage"
 def experiment(monkeypatch, tmp_path):
     """A fresh experiment in the session store, no pipeline run id, and the reports under tmp_path."""
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv(runs.ENV_PARENT, raising=False)
     for k in ("RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     name = f"tracking-{uuid.uuid4().hex[:8]}"
@@ -87,7 +91,67 @@ def test_the_run_carries_its_owner_and_ends_finished_failed_or_killed(experiment
     assert done.info.run_id == run.info.run_id
     assert done.data.metrics == {"cot.kept": 3.0, "cot.nested.x": 0.5}  # bools and NaN are not metrics
     assert done.data.tags[runs.TAG_STAGE] == "cot" and done.data.tags[runs.TAG_PID] == str(os.getpid())
+    assert done.info.run_name == "stage-cot" and runs.TAG_PARENT not in done.data.tags  # by hand: top level
     assert done.data.params["seed"] == str(experiment.seed)
+    assert "grpo.learning_rate" in done.data.params  # no pipeline run holds the params: all of them
+    _assert_lineage(done.data.tags)
+
+
+def _assert_lineage(tags: dict[str, str]) -> None:
+    """The tags every run carries: the commit (``-dirty`` when the tree differs), dvc.lock, the recipe."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert tags[runs.TAG_GIT].removesuffix("-dirty") == head.stdout.strip()
+    else:
+        assert tags[runs.TAG_GIT] == "unknown"
+    lock = PROJECT_ROOT / "dvc.lock"
+    assert tags[runs.TAG_DVC_LOCK] == (hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else "none")
+    assert tags[runs.TAG_RECIPE] == "demo"
+
+
+def _pipeline_run(p) -> str:
+    import mlflow
+
+    runs.configure(p)
+    exp_id = mlflow.get_experiment_by_name(p.tracking.experiment).experiment_id
+    return mlflow.MlflowClient().create_run(exp_id, run_name="pipeline").info.run_id
+
+
+def test_under_a_pipeline_run_each_stage_opens_a_child_with_its_own_params(experiment, monkeypatch):
+    """SRVAU_PARENT_RUN_ID (what the flow hands each stage): the stage's run is a child named after the
+    stage, holding the params that stage reads (dvc.yaml), its metrics and its lineage; the parent holds
+    none of them and stays RUNNING for the flow. A failed stage's child ends FAILED."""
+    import mlflow
+
+    parent = _pipeline_run(experiment)
+    monkeypatch.setenv(runs.ENV_PARENT, parent)
+    with runs.stage_run(experiment, "sft") as sft:
+        runs.log_stage_metrics("sft", {"train_loss": 0.5}, step=3)
+    with pytest.raises(ValueError), runs.stage_run(experiment, "grpo") as grpo:
+        raise ValueError("stage bug")
+    children = runs.stage_children(parent)
+    assert {s: [r.info.run_id for r in rs] for s, rs in children.items()} == {"sft": [sft.info.run_id], "grpo": [grpo.info.run_id]}
+    child = children["sft"][0]
+    assert child.info.run_name == "sft" and child.info.status == "FINISHED"
+    assert child.data.tags[runs.TAG_PARENT] == parent and child.data.metrics == {"sft.train_loss": 0.5}
+    assert child.data.params["sft.max_steps"] == str(experiment.sft.max_steps) and "seed" in child.data.params
+    assert not [k for k in child.data.params if k.startswith(("grpo.", "evaluate.", "synth."))]  # not its params
+    assert runs.stage_params(experiment, "sft") == child.data.params
+    _assert_lineage(child.data.tags)
+    assert children["grpo"][0].info.status == "FAILED"
+    stored = mlflow.get_run(parent)
+    assert stored.info.status == "RUNNING" and stored.data.metrics == {} and stored.data.params == {}
+    mlflow.MlflowClient().set_terminated(parent)
+
+
+def test_a_stage_dvc_did_not_run_is_recorded_as_an_up_to_date_child(experiment):
+    parent = _pipeline_run(experiment)
+    run_id = runs.record_stage_without_run(experiment, parent, "validate", "up to date")
+    (child,) = runs.stage_children(parent)["validate"]
+    assert child.info.run_id == run_id and child.info.status == "FINISHED" and child.info.run_name == "validate"
+    assert child.data.tags[runs.TAG_UP_TO_DATE] == "true" and child.data.tags[runs.TAG_PARENT] == parent
+    assert child.data.params == runs.stage_params(experiment, "validate") and "validate.max_examples" in child.data.params
+    _assert_lineage(child.data.tags)
 
 
 def test_a_tracking_error_does_not_stop_the_stage_and_the_rest_is_logged_locally(experiment, caplog):
@@ -137,7 +201,8 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed_at_the_next_start
         client.set_terminated(rid)
 
 
-def test_a_pipeline_run_is_left_running_for_the_flow(experiment, monkeypatch):
+def test_a_run_given_by_mlflow_run_id_is_attached_to_and_left_running(experiment, monkeypatch):
+    """MLFLOW_RUN_ID (set by hand, not by the flow): the stage logs into that run and leaves it for its owner."""
     import mlflow
 
     runs.configure(experiment)
@@ -149,32 +214,11 @@ def test_a_pipeline_run_is_left_running_for_the_flow(experiment, monkeypatch):
     assert run.info.run_id == pipeline and mlflow.active_run() is None
     stored = mlflow.get_run(pipeline)
     assert stored.info.status == "RUNNING" and stored.data.metrics == {"cot.kept": 2.0}
-    assert runs.TAG_PID not in stored.data.tags  # the flow's run is not the stage's to reap
+    assert runs.TAG_PID not in stored.data.tags  # not the stage's run to reap
     mlflow.MlflowClient().set_terminated(pipeline)
 
 
 # ----------------------------------------------------------------------------- real server, real stage
-
-
-def _mlflow_server(root: Path):
-    from services import BIN, Service, free_port
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    svc = Service(
-        "mlflow server",
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", (root / "artifacts").as_uri(),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env, root / "server.log",
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        svc.wait_http(f"{url}/health", timeout=240)
-    except BaseException:
-        svc.stop(signal.SIGKILL, grace=5)
-        raise
-    return svc, url
 
 
 def _db_runs(root: Path, stage: str) -> dict[str, str]:
@@ -222,7 +266,7 @@ def test_the_stage_finishes_and_writes_its_outputs_when_the_tracking_server_dies
     what it would have logged is in the local JSONL."""
     root = tmp_path / "server"
     root.mkdir()
-    svc, url = _mlflow_server(root)
+    svc, url = local_mlflow_server(root)
     stage = None
     try:
         stage = _start_ingest(demo_dir, tmp_path, url, "server-dies")
@@ -253,7 +297,7 @@ def test_the_stage_finishes_and_writes_its_outputs_when_the_tracking_server_dies
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-live")
-    svc, url = _mlflow_server(root)
+    svc, url = local_mlflow_server(root)
     try:
         yield root, url
     finally:

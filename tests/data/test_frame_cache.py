@@ -214,3 +214,26 @@ def test_the_same_frames_always_encode_to_the_same_bytes(clips):
         decoded_today(clips["scene"], load_params().video)  # decord in between, as ingestion does
         digests.add(hash(cache.encode_frames(frames)))
     assert len(digests) == 1
+
+
+def test_the_model_input_stays_within_tolerance(clips, tmp_path):
+    """What the model sees (the processor's normalised patches) from a cache entry is as close to the
+    decoded frames' as the pixels are: no resize in between, the error in 0-255 levels unchanged."""
+    from srvau.modeling.generation import chat_text
+    from srvau.modeling.inputs import processor_inputs
+    from srvau.modeling.tiny import build_processor, train_tokenizer
+
+    entry = tmp_path / "texture.npz"
+    probe_and_sample(clips["texture"], POLICY, entry)
+    frames, meta = cache.load_frames(entry)
+    assert frames.flags["C_CONTIGUOUS"] and frames.dtype == np.uint8
+    proc = build_processor(train_tokenizer(["what happens in the video"] * 4, 400), POLICY)
+    text = chat_text(proc, "What happens?")
+    cached = processor_inputs(proc, [text], [frames], [meta])
+    today = processor_inputs(proc, [text], [decoded_today(clips["texture"], POLICY)], [meta])
+    assert cached["video_grid_thw"].equal(today["video_grid_thw"])
+    std = np.asarray(proc.video_processor.image_std)
+    diff = (cached["pixel_values_videos"] - today["pixel_values_videos"]).abs().double().numpy()
+    levels = diff.reshape(diff.shape[0], 3, -1) * std[None, :, None] * 255  # patches are channel-major
+    assert levels.mean() <= MAE_MAX
+    assert 10 * np.log10(255.0**2 / (levels**2).mean()) >= PSNR_MIN_DB

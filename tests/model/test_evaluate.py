@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import logging
+import os
 import re
 import uuid
 from pathlib import Path
@@ -105,6 +106,20 @@ def test_run_inference_batches_keep_order_and_outputs(tiny, mixed_samples, tmp_p
         assert r["prompt"] == next(s.prompt for s in mixed_samples if s.key == (r["video_id"], r["task"], r["style"]))
         assert r["new_tokens"] <= 6 and r["prompt_tokens"] > 0 and r["model"] == "m"
         assert {"output", "first_answer", "final_answer", "truth", "system"} <= set(r)
+
+
+def test_length_order_keeps_each_videos_prompts_together_longest_first():
+    """A batch then holds few distinct videos, each encoded once (srvau.modeling.generation)."""
+    from srvau.evaluation.inference import Sample, length_order
+
+    def sample(video, vision):
+        return Sample(video, "qa", "reflect", "", "", f"/cache/{video}.npz", {}, vision)
+
+    samples = [sample("a", 100), sample("b", 300), sample("a", 100), sample("c", 100), sample("b", 300)]
+    text = [50, 10, 5, 80, 20]  # c's one prompt (180) outgrows a's longest (150); b (320) leads
+    order = length_order(samples, text)
+    assert [samples[i].video_id for i in order] == ["b", "b", "c", "a", "a"]
+    assert order == [4, 1, 3, 0, 2]  # within a video, longest prompt first
 
 
 def test_vision_placeholders_are_suppressed(tiny, mixed_samples):
@@ -274,9 +289,9 @@ def test_report_html_has_table_and_readable_images(tmp_path):
     assert "wrong_to_right" in html and "not run" in html  # reflection table; judge off
     # style "direct": no direct grounding outputs, so no IoU histogram; reflection uses reflect traces
     pngs = {p.name: p for p in (tmp_path / "r" / "figures").glob("*.png")}
-    assert set(pngs) == {"confusion.png", "per_class_accuracy.png", "reflection_transitions.png"}
+    assert set(pngs) == {"confusion.png", "per_class_accuracy.png", "reflection_transitions.png", "headline.png"}
     imgs = _images(html)
-    assert len(imgs) == 3
+    assert len(imgs) == 4
     for p in pngs.values():
         assert p.read_bytes() in imgs and min(matplotlib.image.imread(p).shape[:2]) > 200
 
@@ -335,7 +350,7 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     inference = json.loads((out / "inference.json").read_text())
     assert inference["base"]["samples"] == len(recs) and inference["base"]["samples_per_s"] > 0
     html = Path(result["report"]).read_text()
-    assert result["report"] == str(out / "report.html") and len(_images(html)) == 4
+    assert result["report"] == str(out / "report.html") and len(_images(html)) == 5
     assert "<th>base</th><th>grpo</th>" in html and "VAU-Eval" in html
 
     configure(p)
@@ -379,13 +394,18 @@ def test_cli_prints_report_path(manifest, tiny_model_dir, tmp_path, isolated_mlf
     app.callback()(main)
     app.command("evaluate")(evaluate_cmd)
     sets = ["--set", f"tracking.experiment={isolated_mlflow}", "--set", "evaluate.limit=1", "--set", "evaluate.styles=[direct]",
-            "--set", "evaluate.primary_style=direct", "--set", "evaluate.tasks=[qa]", "--set", "evaluate.max_new_tokens=3"]
+            "--set", "evaluate.primary_style=direct", "--set", "evaluate.tasks=[qa]", "--set", "evaluate.max_new_tokens=3",
+            "--set", f"paths.reports={tmp_path / 'reports'}"]
     report = tmp_path / "rep" / "index.html"
     args = [*sets, "evaluate", "--manifest", str(manifest), "--model", f"base={tiny_model_dir}", "--out", str(tmp_path / "o"),
             "--report", str(report)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines()[-1] == str(report) and report.is_file()
+    # the stage timed its own body (bench/pipeline.py splits the pipeline's wall time with these)
+    (timing,) = read_jsonl(tmp_path / "reports" / "tracking" / "timings.jsonl")
+    assert timing["stage"] == "evaluate" and timing["ok"] and timing["pid"] == os.getpid()
+    assert 0 < timing["compute_s"] < 600 and timing["process_age_at_start_s"] > 0
     bad = CliRunner().invoke(app, [*sets, "evaluate", "--manifest", str(tmp_path / "none.parquet"), "--model", f"base={tiny_model_dir}"])
     assert bad.exit_code == 2 and "not found" in bad.stderr
     bad = CliRunner().invoke(app, [*sets, "evaluate", "--manifest", str(manifest), "--model", "base"])

@@ -104,3 +104,26 @@ def test_settings_reject_nonsense():
         GenerationSettings(top_p=0)
     with pytest.raises(ValueError, match="temperature"):
         GenerationSettings(temperature=-1)
+
+
+def test_a_video_asked_twice_in_a_batch_is_encoded_once(tiny, prompts):
+    """Rows sharing a clip share its vision features, and the tokens stay those of one at a time."""
+    from srvau.contract.prompts import system_prompt
+
+    model, proc = tiny
+    (_, _, first), (_, _, second) = prompts[0], prompts[1]
+    asks = [("What happens in the video?", first), ("Is anything unusual going on?", first),
+            ("Describe the scene.", second), ("When does it start?", first)]
+    texts = [chat_text(proc, q, system_prompt("reflect")) for q, _ in asks]
+    paths = [p for _, p in asks]
+    encoded: list[int] = []  # videos per vision-encoder call
+    hook = model.model.visual.register_forward_hook(
+        lambda mod, args, kwargs, out: encoded.append(int(kwargs.get("grid_thw", args[1] if len(args) > 1 else None).shape[0])),
+        with_kwargs=True)
+    try:
+        batched = generate(model, proc, texts, paths, GenerationSettings(max_new_tokens=10), batch_size=4)
+    finally:
+        hook.remove()
+    assert encoded == [2]  # two distinct videos in the batch, one encoder call
+    singles = generate(model, proc, texts, paths, GenerationSettings(max_new_tokens=10), batch_size=1)
+    assert [g.token_ids for g in batched] == [g.token_ids for g in singles]

@@ -338,8 +338,8 @@ def test_cli_missing_rocot_is_a_clear_error(tmp_path):
 def test_paper_recipe_loads():
     from srvau.config import load_params
 
-    p = load_params(recipe="configs/paper-3b.yaml")
-    assert p.model.base == "Qwen/Qwen2.5-VL-3B-Instruct"
+    p = load_params(recipe="paper-3b")
+    assert p.model.base == "models/Qwen2.5-VL-3B-Instruct"
     assert p.model.torch_dtype == "bfloat16" and p.model.attn_implementation == "flash_attention_2"
     assert p.grpo.lora is False and p.grpo.train_lm_head is False  # pretrained model: full FT as VAU-R1
     assert p.grpo.max_prompt_length is None or p.grpo.max_prompt_length >= 4096

@@ -1,5 +1,10 @@
 """Model registration, gated promotion and the registered model itself, in a real MLflow registry (sqlite).
 
+A registry version points at the MLflow logged model of its checkpoint: the one the training stage's run
+logged (found by the checkpoint's digest) with the evaluation metrics logged against it, or, when no
+training run logged it, one the register stage logs itself. Promotion reads the gate metric from the
+logged models, not from version tags.
+
 The registered model is checked against the evaluation: loaded by alias, it must answer a demo video
 with exactly the text the evaluate stage stored for that model, prompt and style; and (slow) it must do
 so from a fresh virtualenv holding only its declared requirements, outside this checkout.
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,8 +27,12 @@ import pytest
 
 from srvau.config import load_params
 from srvau.io import read_jsonl
+from srvau.tracking import runs
+from srvau.tracking.model_metrics import log_evaluation_to_models
+from srvau.tracking.models import TAG_DIGEST, checkpoint_digest, log_stage_model, model_id_of_version
 from srvau.tracking.registry import promote, register
 from srvau.tracking.runs import stage_run, tracking_uri
+from srvau.tracking.summary import registry_decision
 
 
 def _isolate(params, tmp: Path) -> None:
@@ -36,6 +46,7 @@ def _isolate(params, tmp: Path) -> None:
 def reg_params(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv(runs.ENV_PARENT, raising=False)
     p = load_params(overrides={"tracking.registered_model": "srvau-test"})
     _isolate(p, tmp_path)
     return p
@@ -44,31 +55,105 @@ def reg_params(tmp_path, monkeypatch):
 def _metrics(tmp_path, name, acc):
     p = tmp_path / name
     p.write_text(json.dumps({
-        "grpo": {"qa": {"reflect": {"accuracy": acc}}, "grounding": {"reflect": {"r@0.3": 12.5}}},
+        "grpo": {
+            "qa": {"reflect": {"n": 10, "accuracy": acc, "accuracy_ci95": [20.0, 70.0]}, "think": {"accuracy": 20.0}},
+            "grounding": {"reflect": {"miou": 30.0, "r@0.3": 12.5}},
+            "classification": {"reflect": {"multi_acc": 40.0, "binary_acc": 90.0}},
+        },
         "base": {"qa": {"reflect": {"accuracy": 1.0}}},
     }))
     return p
 
 
-def test_register_promote_and_load_by_alias(tmp_path, reg_params, tiny_model_dir, ingest_dir):
+# The grpo model's metrics a logged model carries: the main metric of each task and style, not the rest.
+HEADLINE = {"evaluate.grpo.qa.reflect.accuracy", "evaluate.grpo.qa.think.accuracy",
+            "evaluate.grpo.grounding.reflect.miou", "evaluate.grpo.classification.reflect.multi_acc"}
+
+
+def _variant(tiny_model_dir: Path, tmp_path: Path, n: int) -> Path:
+    """The tiny checkpoint with other bytes (so another digest), loadable the same way."""
+    dest = tmp_path / f"checkpoint-{n}"
+    shutil.copytree(tiny_model_dir, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg["srvau_test_variant"] = n
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def _model_metrics(model) -> dict[str, float]:
+    return {m.key: m.value for m in model.metrics if m.key.startswith("evaluate.")}
+
+
+def test_register_registers_the_logged_model_of_the_training_run(tmp_path, reg_params, tiny_model_dir, monkeypatch):
+    """The lineage a pipeline run leaves: grpo's run logs the checkpoint as a model, evaluate logs the
+    headline metrics against it (found by digest), register registers that very model (no second copy);
+    the version carries no metric or path tags, and promotion reads the gate from the model's metrics."""
+    ckpt = _variant(tiny_model_dir, tmp_path, 1)
+    client = mlflow.MlflowClient()
+    exp_id = mlflow.get_experiment_by_name(reg_params.tracking.experiment).experiment_id
+    parent = client.create_run(exp_id, run_name="pipeline").info.run_id
+    monkeypatch.setenv(runs.ENV_PARENT, parent)
+    with stage_run(reg_params, "grpo") as grpo_run:
+        runs.log_stage_metrics("grpo", {"reward": 0.5})
+        model_id = log_stage_model(ckpt, reg_params, "grpo")
+    assert model_id
+    metrics_file = _metrics(tmp_path, "metrics.json", 50.0)
+    with stage_run(reg_params, "evaluate") as eval_run:
+        linked = log_evaluation_to_models({"grpo": str(ckpt), "base": "Qwen/Qwen2.5-VL-3B-Instruct"},
+                                          json.loads(metrics_file.read_text()), reg_params)
+    assert linked == {"grpo": model_id}
     with stage_run(reg_params, "register"):
-        first = register(tiny_model_dir, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
+        result = register(ckpt, metrics_file, reg_params, tmp_path / "registry.json")
+
+    assert result["model_id"] == model_id and result["model_origin"] == f"logged by run {grpo_run.info.run_id}"
+    version = client.get_model_version("srvau-test", result["version"])
+    assert model_id_of_version(version) == model_id and version.source == f"models:/{model_id}"
+    assert not [k for k in version.tags if k.startswith("metric.") or k == "source_checkpoint"]
+    model = mlflow.get_logged_model(model_id)
+    assert model.source_run_id == grpo_run.info.run_id and model.name == "grpo"
+    assert model.tags[TAG_DIGEST] == checkpoint_digest(ckpt) == result["checkpoint_sha256"]
+    assert model.params["grpo.max_steps"] == str(reg_params.grpo.max_steps)
+    assert _model_metrics(model) == {
+        "evaluate.grpo.qa.reflect.accuracy": 50.0, "evaluate.grpo.qa.think.accuracy": 20.0,
+        "evaluate.grpo.grounding.reflect.miou": 30.0, "evaluate.grpo.classification.reflect.multi_acc": 40.0}
+    assert {m.run_id for m in model.metrics if m.key in HEADLINE} == {eval_run.info.run_id}
+    assert model.metrics and len(model.metrics) < 20
+    assert len(mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list")) == 1  # no second copy
+    assert result["promotion"] == {**result["promotion"], "promoted": True, "value": 50.0, "reason": "no @champion before"}
+    assert json.loads((tmp_path / "registry.json").read_text()) == result
+    client.set_terminated(parent)
+
+
+def test_register_logs_the_checkpoint_when_no_training_run_did(tmp_path, reg_params, tiny_model_dir, caplog):
+    """Training ran without tracking (or elsewhere): register logs the checkpoint itself, with the
+    evaluation's metrics, and says so; a worse second model stays @challenger."""
+    first_ckpt, second_ckpt = _variant(tiny_model_dir, tmp_path, 1), _variant(tiny_model_dir, tmp_path, 2)
+    with caplog.at_level("WARNING"), stage_run(reg_params, "register") as run:
+        first = register(first_ckpt, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
+    assert "no MLflow logged model has the digest" in caplog.text
     assert first["version"] == "1" and first["promotion"]["version"] == "1"  # no champion yet: promoted
+    assert first["model_origin"].startswith("logged by register")
+    model = mlflow.get_logged_model(first["model_id"])
+    assert model.source_run_id == run.info.run_id and _model_metrics(model).keys() == HEADLINE
     with stage_run(reg_params, "register"):
-        second = register(tiny_model_dir, _metrics(tmp_path, "m2.json", 40.0), reg_params, tmp_path / "r2.json")
+        second = register(second_ckpt, _metrics(tmp_path, "m2.json", 40.0), reg_params, tmp_path / "r2.json")
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("srvau-test", "challenger").version) == "2"
     assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == "1"  # worse: not promoted
-    assert "worse" in second["promotion"]["reason"]
-    # metrics of the registered model (not the base model's) are version tags
-    tags = client.get_model_version("srvau-test", "2").tags
-    assert tags["metric.qa.reflect.accuracy"] == "40.0"
-    assert tags["metric.grounding.reflect.r_at_0.3"] == "12.5"  # '@' is not allowed in tag names
+    assert second["promotion"]["promoted"] is False and "worse" in second["promotion"]["reason"]
+    decision = registry_decision(second)  # what the flow's Prefect artifact says
+    assert "version **2**" in decision and "`@champion` did **not** move: version 2 qa.reflect.accuracy=40 is worse" in decision
+    assert model_id_of_version(client.get_model_version("srvau-test", "2")) == second["model_id"] != first["model_id"]
     with pytest.raises(ValueError, match="worse"):
         promote(reg_params, version="2")
-    assert promote(reg_params, version="2", force=True)["previous"] == "1"
+    forced = promote(reg_params, version="2", force=True)
+    assert forced["previous"] == "1" and forced["reason"] == "forced"
     assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == "2"
 
+
+def test_a_registered_model_loads_by_alias_and_answers(tmp_path, reg_params, tiny_model_dir, ingest_dir):
+    with stage_run(reg_params, "register"):
+        register(tiny_model_dir, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
     manifest = pd.read_parquet(ingest_dir / "manifest.parquet")
     frames = str(ingest_dir / manifest.iloc[0]["frames_path"])
     model = mlflow.pyfunc.load_model("models:/srvau-test@champion")
@@ -94,6 +179,7 @@ def champion(tmp_path_factory, ingest_dir, tiny_model_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
         mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv(runs.ENV_PARENT, raising=False)
         p = load_params(overrides={
             "tracking.registered_model": "srvau-champ", "tracking.experiment": "registry-champion",
             "evaluate.limit": 2, "evaluate.tasks": ["qa", "grounding"], "evaluate.styles": ["reflect", "think"],

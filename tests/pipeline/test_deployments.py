@@ -101,10 +101,14 @@ def test_deployments_carry_schedule_parameters_pool_and_pull_steps(deployments):
 
     paper = deployments["paper-3b"]
     assert paper["work_pool_name"] == "srvau-k8s"
-    assert paper["parameters"]["recipe"] == "configs/paper-3b.yaml"
-    assert (PROJECT_ROOT / paper["parameters"]["recipe"]).is_file(), "prefect.yaml names a recipe the project lacks"
+    assert paper["parameters"]["recipe"] == "paper-3b"
+    recipe = PROJECT_ROOT / "configs" / "recipe" / f"{paper['parameters']['recipe']}.yaml"
+    assert recipe.is_file(), "prefect.yaml names a recipe the project lacks"
     assert paper["job_variables"]["image"] == IMAGE
-    assert paper["job_variables"]["gpu_count"] >= 1
+    # the pod holds the GPUs the recipe launches its stages on (srvau.launch)
+    from srvau.config import load_params
+
+    assert paper["job_variables"]["gpu_count"] == load_params(recipe=paper["parameters"]["recipe"]).launch.num_processes
     [sched] = paper["schedules"]
     assert sched["schedule"]["cron"] == "0 2 * * 0"
     steps = [next(iter(s)) for s in paper["pull_steps"]]

@@ -3,7 +3,8 @@ the work-pool template, and the names that tie them to prefect.yaml.
 
 No Docker engine and no cluster here: compose is checked with ``docker-compose config`` and
 kubernetes with ``kubectl kustomize`` (client-side ``kubectl apply --dry-run`` needs an API server
-for discovery), plus structural assertions on the parsed objects.
+for discovery, even for built-in kinds), plus structural assertions on the parsed objects, the
+PyTorchJob's (a CRD, no schema offline) against the recipe it launches.
 """
 
 from __future__ import annotations
@@ -272,6 +273,85 @@ def test_kubectl_kustomize_builds_the_worker_and_its_config():
     [dep] = [o for o in objs if o["kind"] == "Deployment"]
     mounted = {v["configMap"]["name"] for v in dep["spec"]["template"]["spec"]["volumes"] if "configMap" in v}
     assert "srvau-work-pool-template" in mounted
+
+
+TRAINING_DIR = K8S_DIR / "training"
+
+
+def _training_objects() -> dict[str, dict]:
+    kust = yaml.safe_load((TRAINING_DIR / "kustomization.yaml").read_text())
+    objs = [d for f in kust["resources"] for d in yaml.safe_load_all((TRAINING_DIR / f).read_text()) if d]
+    return {o["kind"]: o for o in objs}
+
+
+def test_multinode_pytorchjob_runs_the_recipes_launch_over_its_replicas():
+    """The PyTorchJob (Kubeflow training operator CRD: no schema offline, so its structure is checked
+    here): every replica runs `srvau launch <stage>` under the paper recipe, and replicas x GPUs per pod
+    is the recipe's launch.num_processes, split as srvau.launch will split it."""
+    from srvau.config import load_params
+    from srvau.launch import Machines, plan
+
+    objs = _training_objects()
+    assert set(objs) == {"PyTorchJob", "PersistentVolumeClaim"}
+    job, claim = objs["PyTorchJob"], objs["PersistentVolumeClaim"]
+    assert (job["apiVersion"], job["spec"]["runPolicy"]["backoffLimit"]) == ("kubeflow.org/v1", 0)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every node reads the inputs and checkpoints
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"} and replicas["Master"]["replicas"] == 1
+    nodes = sum(r["replicas"] for r in replicas.values())
+    per_pod = set()
+    for spec in replicas.values():
+        assert spec["restartPolicy"] == "Never"
+        pod = spec["template"]["spec"]
+        [c] = pod["containers"]
+        assert c["name"] == "pytorch"  # the container the operator configures
+        words = c["command"]
+        recipe, stage = words[words.index("--recipe") + 1], words[-1]
+        assert words[0] == "srvau" and words[-2:] == ["launch", stage] and stage in ("sft", "grpo")
+        gpus = c["resources"]["limits"]["nvidia.com/gpu"]
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == gpus
+        per_pod.add(gpus)
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert c["workingDir"].startswith(mounts["workspace"] + "/") and mounts["dshm"] == "/dev/shm"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["workspace"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert pod["serviceAccountName"] in [o["metadata"]["name"] for o in _k8s_objects() if o["kind"] == "ServiceAccount"]
+        assert c["envFrom"][0]["configMapRef"]["name"] == "srvau-pipeline-config"
+    [gpus] = per_pod
+    params = load_params(recipe=recipe)
+    assert nodes * gpus == params.launch.num_processes
+    assert job["spec"]["nprocPerNode"] == str(gpus)
+    # what srvau.launch makes of the pod's environment (as the operator sets it): N / machines per pod
+    env = {"PET_NNODES": str(nodes), "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "srvau-grpo-master-0",
+           "PET_MASTER_PORT": str(replicas["Master"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"])}
+    launch = plan(params, stage, env=env)
+    assert launch.machines == Machines(nodes, 1, "srvau-grpo-master-0", int(env["PET_MASTER_PORT"]))
+    assert launch.num_processes // launch.machines.num_machines == gpus
+
+
+def test_kubectl_kustomize_builds_the_training_job():
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl not installed")
+    proc = subprocess.run(["kubectl", "kustomize", str(TRAINING_DIR)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert sorted(o["kind"] for o in objs) == ["PersistentVolumeClaim", "PyTorchJob"]
+    assert all(o["metadata"]["namespace"] == "srvau" for o in objs)
+    # the YAML anchor shares one pod template: the built Worker equals the Master
+    [job] = [o for o in objs if o["kind"] == "PyTorchJob"]
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert specs["Worker"]["template"] == specs["Master"]["template"]
+
+
+def test_paper_deployment_requests_the_gpus_the_recipe_launches_on():
+    from srvau.config import load_params
+
+    paper = _deployment("paper-3b")
+    launch = load_params(recipe=paper["parameters"]["recipe"]).launch
+    assert paper["work_pool"]["job_variables"]["gpu_count"] == launch.num_processes
+    job = _render_job({**paper["work_pool"]["job_variables"], "image": "registry.example.com/srvau:0123abc"})
+    [c] = job["spec"]["template"]["spec"]["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == launch.num_processes
 
 
 def _render_job(job_variables: dict) -> dict:

@@ -1,6 +1,6 @@
 """The paper recipe resolves to paper settings, through the CLI a GPU-day starts from.
 
-The CPU rehearsal of configs/paper-3b.yaml found the demo's trace caps and the demo's random tiny model
+The CPU rehearsal of the paper-3b recipe found the demo's trace caps and the demo's random tiny model
 (as the report's "base") leaking into it, and a train split without anomaly intervals: each is pinned here.
 """
 
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from srvau.cli import app
 from srvau.config import PROJECT_ROOT, load_params
 
-RECIPE = "configs/paper-3b.yaml"
+RECIPE = "paper-3b"
 
 
 def _show(*args: str) -> dict:
@@ -24,8 +24,8 @@ def _show(*args: str) -> dict:
 
 def test_paper_recipe_evaluates_its_own_base_model_with_paper_trace_settings():
     cfg = _show("--recipe", RECIPE)
-    assert cfg["model"]["base"] == "Qwen/Qwen2.5-VL-3B-Instruct"
-    assert cfg["evaluate"]["models"]["base"] == "Qwen/Qwen2.5-VL-3B-Instruct"  # not the demo's random tiny model
+    assert cfg["model"]["base"] == "models/Qwen2.5-VL-3B-Instruct"
+    assert cfg["evaluate"]["models"]["base"] == "models/Qwen2.5-VL-3B-Instruct"  # not the demo's random tiny model
     cot = cfg["cot"]
     # VAU-Bench descriptions run 42-130 words (5th-95th percentile): the demo's 16/24/4 would cut them
     assert cot["think_max_words"] >= 64 and cot["answer_max_words"] >= 128 and cot["openai"]["frames"] >= 16
@@ -40,7 +40,7 @@ def test_demo_keeps_demo_settings_and_an_explicit_base_wins():
     assert demo["cot"]["think_max_words"] == 16 and demo["cot"]["openai"]["frames"] == 4
     explicit = _show("--recipe", RECIPE, "--set", "evaluate.models.base=models/other-base")
     assert explicit["evaluate"]["models"]["base"] == "models/other-base"
-    assert explicit["model"]["base"] == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert explicit["model"]["base"] == "models/Qwen2.5-VL-3B-Instruct"
 
 
 def test_params_yaml_leaves_the_evaluation_base_to_model_base():

@@ -1,8 +1,8 @@
-"""The paper recipe rehearsed on CPU (configs/rehearsal.yaml), and what a recipe skips in the flow.
+"""The paper recipe rehearsed on CPU (configs/recipe/rehearsal.yaml), and what a recipe leaves out of the flow.
 
 The rehearsal builds a VAU-Bench folder from the real annotation CSVs (tests/conftest.py's
 SHARED_VAU_BENCH), writes placeholder mp4s for a few rows of each file (``srvau data placeholders``),
-then runs every stage through the CLI with ``--recipe configs/rehearsal.yaml``: SFT, GRPO and
+then runs every stage through the CLI with ``--recipe rehearsal``: SFT, GRPO and
 evaluation as two real gloo ranks. Rows are chosen by what they hold (an anomaly interval, a video
 name in no other file), never by name, so other copies of the CSVs work as well.
 """
@@ -23,7 +23,7 @@ import pytest
 
 from srvau.config import PROJECT_ROOT, load_params
 
-RECIPE = "configs/rehearsal.yaml"
+RECIPE = "rehearsal"
 BIN = Path(sys.executable).parent
 TRAIN_VIDEOS, OTHER_VIDEOS = 4, 2  # placeholders per train CSV / per val or test CSV
 SHORT_S = 60.0  # rows whose interval ends by then come first: their placeholders stay small
@@ -52,7 +52,7 @@ def _bare_names(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_rehearsal_folder(root: Path, src: Path) -> Path:
-    """``root/data/rehearsal``: the seven files configs/rehearsal.yaml names, from the three public CSVs.
+    """``root/data/rehearsal``: the seven files the rehearsal recipe names, from the three public CSVs.
 
     The VAU-Bench train.csv (MSAD + ECVA intervals) is not public in the code repositories: val.csv's
     rows whose video is in no other file (its MSAD and ECVA part) stand in for it, half of them, the
@@ -86,11 +86,10 @@ def build_rehearsal_folder(root: Path, src: Path) -> Path:
 
 
 def _project(tmp: Path) -> tuple[Path, dict[str, str]]:
-    """A project folder (params.yaml + the recipe) in tmp, and the environment every command gets:
+    """A project folder (params.yaml + configs/) in tmp, and the environment every command gets:
     paths in the recipe resolve under it (SRVAU_ROOT), MLflow tracks into its own sqlite file."""
-    (tmp / "configs").mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "params.yaml", tmp / "params.yaml")
-    shutil.copy(PROJECT_ROOT / RECIPE, tmp / RECIPE)
+    shutil.copytree(PROJECT_ROOT / "configs", tmp / "configs", dirs_exist_ok=True)  # --recipe composes from here
     env = {**os.environ, "SRVAU_ROOT": str(tmp), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
            "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1"}
@@ -173,21 +172,14 @@ def test_placeholders_cli_rejects_a_missing_csv(tmp_path):
 # ----------------------------------------------------------------------------- the flow under a recipe
 
 
-def test_a_recipe_skips_the_demo_only_stages_it_does_not_use():
-    """Stage selection only (no stage runs): the paper recipe and the rehearsal use neither the demo
-    videos; the rehearsal, whose base is the tiny model's folder, keeps build_tiny; the demo keeps both."""
-    from flows.pipeline import demo_only_skips
+def test_a_recipe_on_real_data_leaves_the_demo_only_stages_out():
+    """Stage selection only (no stage runs): the paper recipe turns both demo-only stages off, the
+    rehearsal (whose base is the tiny model) keeps build_tiny, the demo keeps both."""
+    from flows.pipeline import stages_off
 
-    paper = demo_only_skips(load_params(recipe="configs/paper-3b.yaml"))
-    assert set(paper) == {"synth", "build_tiny"}
-    assert "paths.demo" in paper["synth"] and "Qwen/Qwen2.5-VL-3B-Instruct" in paper["build_tiny"]
-    assert set(demo_only_skips(load_params(recipe=RECIPE))) == {"synth"}
-    assert demo_only_skips(load_params()) == {}
-    # what decides is where the files are, not which recipe names them
-    mixed = load_params(recipe="configs/paper-3b.yaml",
-                        overrides={"ingest.annotations": ["data/vau-bench/val.csv", "data/demo/test.csv"],
-                                   "model.base": str(PROJECT_ROOT / "models" / "tiny-base")})
-    assert demo_only_skips(mixed) == {}
+    assert set(stages_off(load_params(recipe="paper-3b"))) == {"synth", "build_tiny"}
+    assert set(stages_off(load_params(recipe=RECIPE))) == {"synth"}
+    assert stages_off(load_params()) == {}
 
 
 # ----------------------------------------------------------------------------- the gate on real CSVs
@@ -286,7 +278,7 @@ def test_paper_recipe_rehearsal_on_two_cpu_ranks(tmp_path, vau_bench_dir):
     # more SFT steps than the recipe's few: the tiny model trains them in seconds, and the kill must
     # land between the first checkpoint and the last step
     sft_steps = ["--set", "sft.max_steps=40"]
-    p = load_params(recipe=str(root / RECIPE), overrides={"sft.max_steps": 40})
+    p = load_params(recipe=RECIPE, overrides={"sft.max_steps": 40})
 
     _run(root, env, [*rec, "model", "build-tiny"])
     ingest = json.loads(_run(root, env, [*rec, "ingest"]).stdout)
