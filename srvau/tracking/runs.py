@@ -145,11 +145,12 @@ def _git(*args: str) -> str | None:
 
 def git_commit() -> str:
     """``git rev-parse HEAD`` of the project, ``-dirty`` when tracked files differ from it; "unknown"
-    outside git or before the first commit."""
+    outside git or before the first commit. dvc.lock does not count: every stage rewrites it, and its
+    digest is a tag of its own (``srvau.dvc_lock_sha256``)."""
     head = _git("rev-parse", "HEAD")
     if not head:
         return "unknown"
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
     return f"{head}-dirty" if dirty else head
 
 
