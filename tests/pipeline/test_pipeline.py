@@ -262,7 +262,7 @@ def test_flow_recomputes_stale_stages_without_the_s3_remote(tmp_path_factory, s3
     assert "WARNING: DVC remote unreachable" in proc.stdout and "neither pulls from it" in proc.stdout
     assert len(list((project / "data/demo/videos").iterdir())) == n_videos + 1
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert lock["stages"]["synth"]["params"]["params.yaml"]["synth"]["n_test"] == 2
+    assert lock["stages"]["synth@demo"]["params"]["params.yaml"]["synth"]["n_test"] == 2  # foreach: synth@demo
 
 
 @pytest.mark.slow
