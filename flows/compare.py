@@ -1,7 +1,7 @@
 """``make compare``: the SRVAU-R1 recipe (the defaults) and the VAU-R1 baseline (configs/recipe/vau-r1.yaml) as two
 DVC experiments on the same demo data, then one side-by-side report (``srvau eval compare``).
 
-Wiring only. Each run is ``dvc exp run -S recipe=...`` in this workspace; its ``metrics.json`` is copied
+Wiring only. Each run is ``dvc exp run -S recipe=NAME`` (``-S ~recipe`` for the defaults) in this workspace; its ``metrics.json`` is copied
 to ``reports/compare/<label>.metrics.json`` right after (DVC keeps the metrics file out of its cache and
 git ignores ``reports/``, so an experiment commit does not carry it: ``dvc exp run --temp`` would lose
 it). The baseline runs first and the default recipe last, so the workspace, dvc.lock included, ends on
@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, recipe in RECIPES.items():
             name = f"{label}-{stamp}"
             print(f"compare: running {label} (recipe {recipe or 'none: the defaults'}) as DVC experiment {name}", flush=True)
-            subprocess.run([_bin("dvc"), "exp", "run", "-n", name, "-S", f"recipe={recipe or 'null'}"],
+            # `~recipe` drops the recipe group (Hydra's delete syntax; `recipe=null` is not a valid group override)
+            select = f"recipe={recipe}" if recipe else "~recipe"
+            subprocess.run([_bin("dvc"), "exp", "run", "-n", name, "-S", select],
                            cwd=ROOT, check=True, env=_env())
             path = out / f"{label}.metrics.json"
             shutil.copyfile(ROOT / METRICS, path)
