@@ -72,28 +72,39 @@ VARIANTS = ("ours", "floor", "pyav_seek", "naive", "stage")
 # --- bench videos ---------------------------------------------------------------------------------
 
 
-def make_video(path: Path, seconds: float, width: int, height: int) -> None:
+def encode_bench_video(path: Path, frames, width: int, height: int, crf: int) -> None:
+    """The bench's input videos: fast x264 at FPS with a keyframe every GOP_S seconds (what seeking
+    costs depends on it), unlike the demo's deterministic writer (srvau.data.synth.write_mp4)."""
     import av
 
-    rng = np.random.default_rng(0)
-    tex = rng.integers(0, 256, (height // 16 + 2, (2 * width) // 16 + 2, 3), dtype=np.uint8)
-    tex = tex.repeat(16, 0).repeat(16, 1)[:height, : 2 * width]
-    ramp = (np.arange(width, dtype=np.uint16)[None, :] * 255 // max(width - 1, 1)).astype(np.uint8)
     tmp = path.with_suffix(".part.mp4")
     with av.open(str(tmp), "w") as c:
         s = c.add_stream("libx264", rate=FPS)
         s.width, s.height, s.pix_fmt = width, height, "yuv420p"
         s.codec_context.gop_size = GOP_S * FPS
-        s.options = {"preset": "ultrafast", "crf": "26"}
+        s.options = {"preset": "ultrafast", "crf": str(crf)}
+        for img in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    tmp.replace(path)
+
+
+def make_video(path: Path, seconds: float, width: int, height: int) -> None:
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (height // 16 + 2, (2 * width) // 16 + 2, 3), dtype=np.uint8)
+    tex = tex.repeat(16, 0).repeat(16, 1)[:height, : 2 * width]
+    ramp = (np.arange(width, dtype=np.uint16)[None, :] * 255 // max(width - 1, 1)).astype(np.uint8)
+
+    def frames():
         for i in range(int(seconds * FPS)):
             x = (i * 4) % width
             img = np.ascontiguousarray(tex[:, x : x + width])
             img[: height // 3, :, 0] = ramp + np.uint8(i % 256)  # a band that changes every frame
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    tmp.replace(path)
+            yield img
+
+    encode_bench_video(path, frames(), width, height, crf=26)
 
 
 # --- one measurement (runs in its own process) ----------------------------------------------------
@@ -279,30 +290,22 @@ TARGET_READ_RATIO = 1.2  # load_frames time against the raw layout
 
 def make_scene_video(path: Path, seconds: float, width: int, height: int) -> None:
     """A fixed camera: smooth background, sensor noise (a bank of 8 noise frames), moving blocks."""
-    import av
-
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:height, 0:width]
     background = np.stack([60 + 80 * xx / width, 70 + 60 * yy / height,
                            90 + 40 * np.sin(xx / 37.0) * np.cos(yy / 23.0)], -1)
     noisy = [np.clip(background + rng.normal(0, 3, background.shape), 0, 255).astype(np.uint8) for _ in range(8)]
-    tmp = path.with_suffix(".part.mp4")
-    with av.open(str(tmp), "w") as c:
-        s = c.add_stream("libx264", rate=FPS)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.codec_context.gop_size = GOP_S * FPS
-        s.options = {"preset": "ultrafast", "crf": "23"}
-        bh, bw = height // 12, width // 24
+    bh, bw = height // 12, width // 24
+
+    def frames():
         for i in range(int(seconds * FPS)):
             img = noisy[i % len(noisy)].copy()
             for k in range(5):
                 x, y = (i * (2 + k) + k * width // 5) % (width - bw), (k + 1) * height // 7
                 img[y : y + bh, x : x + bw] = (200 - 30 * k, 50 * k, 120)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    tmp.replace(path)
+            yield img
+
+    encode_bench_video(path, frames(), width, height, crf=23)
 
 
 def save_raw_npz(path: Path, clip, info, fingerprint: str) -> None:

@@ -25,6 +25,12 @@ RECIPES = {"vau-r1": "vau-r1", "srvau-r1": None}  # label -> recipe name (None =
 METRICS = "reports/eval/metrics.json"
 
 
+def recipe_override(recipe: str | None) -> str:
+    """The ``-S`` that selects ``recipe``; ``~recipe`` (Hydra's delete) for the defaults, since Hydra
+    refuses ``recipe=null`` as a group override."""
+    return f"recipe={recipe}" if recipe else "~recipe"
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
@@ -50,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, recipe in RECIPES.items():
             name = f"{label}-{stamp}"
             print(f"compare: running {label} (recipe {recipe or 'none: the defaults'}) as DVC experiment {name}", flush=True)
-            # `~recipe` drops the recipe group (Hydra's delete syntax; `recipe=null` is not a valid group override)
-            select = f"recipe={recipe}" if recipe else "~recipe"
-            subprocess.run([_bin("dvc"), "exp", "run", "-n", name, "-S", select],
+            subprocess.run([_bin("dvc"), "exp", "run", "-n", name, "-S", recipe_override(recipe)],
                            cwd=ROOT, check=True, env=_env())
             path = out / f"{label}.metrics.json"
             shutil.copyfile(ROOT / METRICS, path)

@@ -24,7 +24,28 @@ def completion(content: str) -> dict:
 TRICKLE = -1.0  # as a delay: send the headers, then the body one byte a second
 
 
-class ChatServer:
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 for one test, serving ``handler``: ``with`` starts and stops
+    it; ``closing`` is set on exit, so a handler that sleeps or trickles can give up."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.closing = threading.Event()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.closing.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ChatServer(LoopbackServer):
     """A chat-completions endpoint answering from a script: (status, body, delay_s) per request.
 
     When the script runs out the last entry repeats. Every request (path, headers, JSON) is kept.
@@ -33,7 +54,6 @@ class ChatServer:
     def __init__(self, script: list[tuple[int, object, float]]):
         self.script = list(script)
         self.requests: list[dict] = []
-        self.closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,15 +84,4 @@ class ChatServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "ChatServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.closing.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)

@@ -25,7 +25,7 @@ Frame size
     ``n_even`` counts the padding frame of an odd clip. Departure: ``total_pixels`` here is the
     literal pixel sum over the sampled frames, while qwen-vl-utils' ``total_pixels`` counts one
     28x28 cell per *pair* of frames (a token), i.e. it allows twice as many pixels for the same value.
-    We keep the literal meaning params.yaml documents.
+    We keep the literal meaning configs/defaults.yaml documents.
 
 ``smart_resize`` is reimplemented here (15 lines, same arithmetic as transformers 5.23
 ``models/qwen2_vl/image_processing_qwen2_vl.smart_resize``; a test checks they agree) because

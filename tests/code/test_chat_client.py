@@ -9,9 +9,10 @@ import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from chat_server import LoopbackServer
 
 from srvau.chat import ChatClient, ChatError, Reply, request_key, retry_after_s
 from srvau.config import EndpointConfig
@@ -26,7 +27,7 @@ def completion(content: str, finish: str = "stop") -> bytes:
                                     "message": {"role": "assistant", "content": content}}]}).encode()
 
 
-class Endpoint:
+class Endpoint(LoopbackServer):
     """Answers request n with ``script[n]`` (the last entry repeats):
 
     ``"ok"`` a completion of ``content``; ``"slow"`` the same after 0.3 s; ``"garbage"`` a 200 that is
@@ -41,7 +42,6 @@ class Endpoint:
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.hung_up = threading.Event()
-        self.closing = threading.Event()
         self.lock = threading.Lock()
         ep = self
 
@@ -112,19 +112,7 @@ class Endpoint:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "Endpoint":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.closing.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def endpoint(url: str, **kw) -> EndpointConfig:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from srvau.cli import app
@@ -54,3 +56,18 @@ def test_cli_reports_a_missing_run_clearly(tmp_path):
     assert bad.exit_code == 2 and "no metrics file" in bad.output
     bad = runner.invoke(app, ["eval", "compare", "--run", f"a={a}", "--out", str(tmp_path / "o")])
     assert bad.exit_code == 2 and "LABEL=METRICS_JSON:STYLE" in bad.output
+
+
+@pytest.mark.parametrize("recipe", ["vau-r1", None])
+def test_compare_selects_each_recipe_as_dvc_composes_it(tmp_path, recipe):
+    """Regression: the default run passed `-S recipe=null`, which DVC's Hydra composition refuses
+    ("Config group override must be a string or a list"): make compare died after the baseline."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from flows.compare import recipe_override
+    from srvau.config import PROJECT_ROOT, load_params
+
+    out = tmp_path / "params.yaml"
+    compose_and_dump(str(out), str(PROJECT_ROOT / "configs"), None, "defaults", str(PROJECT_ROOT),
+                     ["recipe=vau-r1", recipe_override(recipe)])  # the workspace after the baseline's experiment
+    assert load_params(out).recipe == recipe

@@ -343,3 +343,21 @@ def test_a_sigkilled_stage_is_marked_killed_by_the_next_start(live_server, demo_
         mlflow.set_tracking_uri(previous_uri)
     statuses = _db_runs(root, "ingest")
     assert statuses[run_id] == "KILLED" and statuses[again.info.run_id] == "FINISHED"
+
+
+def test_git_commit_is_dirty_for_tracked_changes_but_not_for_dvc_lock(tmp_path, monkeypatch):
+    """Every stage rewrites dvc.lock (its digest is a tag of its own): that alone must not mark a run
+    dirty. Regression: every run after the first stage of a pipeline was tagged ``-dirty``."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.lock").write_text("stages: {}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(runs, "PROJECT_ROOT", tmp_path)
+    assert runs.git_commit() == head
+    (tmp_path / "dvc.lock").write_text("stages: {ingest: {}}\n")
+    assert runs.git_commit() == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert runs.git_commit() == f"{head}-dirty"

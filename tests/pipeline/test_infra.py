@@ -260,12 +260,17 @@ def test_k8s_manifests_parse_with_the_expected_kinds():
     assert not any("*" in rule["verbs"] or "secrets" in rule["resources"] for rule in role["rules"])
 
 
-def test_kubectl_kustomize_builds_the_worker_and_its_config():
+def _kustomize(folder) -> list[dict]:
+    """The objects `kubectl kustomize` builds from ``folder`` (offline: no cluster needed)."""
     if not shutil.which("kubectl"):
         pytest.skip("kubectl not installed")
-    proc = subprocess.run(["kubectl", "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_kubectl_kustomize_builds_the_worker_and_its_config():
+    objs = _kustomize(K8S_DIR)
     assert all(o["metadata"].get("namespace") == "srvau" for o in objs if o["kind"] != "Namespace")
     maps = {o["metadata"]["name"]: o["data"] for o in objs if o["kind"] == "ConfigMap"}
     assert json.loads(maps["srvau-work-pool-template"]["work-pool-template.json"]) == json.loads(TEMPLATE.read_text())
@@ -330,11 +335,7 @@ def test_multinode_pytorchjob_runs_the_recipes_launch_over_its_replicas():
 
 
 def test_kubectl_kustomize_builds_the_training_job():
-    if not shutil.which("kubectl"):
-        pytest.skip("kubectl not installed")
-    proc = subprocess.run(["kubectl", "kustomize", str(TRAINING_DIR)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    objs = _kustomize(TRAINING_DIR)
     assert sorted(o["kind"] for o in objs) == ["PersistentVolumeClaim", "PyTorchJob"]
     assert all(o["metadata"]["namespace"] == "srvau" for o in objs)
     # the YAML anchor shares one pod template: the built Worker equals the Master
