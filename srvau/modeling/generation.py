@@ -92,7 +92,9 @@ def generation_config(model, tokenizer, settings: GenerationSettings):
             cfg.eos_token_id = eos
         return cfg
     neutral = {k: v for k, v in GenerationConfig._get_default_generation_params().items() if v is not None}
-    for key in ("max_length", "num_beam_groups", "diversity_penalty"):  # the budget is max_new_tokens; the rest are deprecated
+    # the budget is max_new_tokens (min_length beside min_new_tokens only makes transformers warn at every
+    # generate()); the rest are deprecated
+    for key in ("max_length", "min_length", "num_beam_groups", "diversity_penalty"):
         neutral.pop(key, None)
     sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
     return GenerationConfig(
