@@ -9,9 +9,10 @@ plus the ``--set`` overrides (none by default: the demo exactly as ``make run`` 
 Each ``srvau <stage>`` times its own body, inside its tracking run (``srvau.cli.context.stage_timing``
 appends to ``reports/tracking/timings.jsonl``): that is **stage compute**. Everything else in the
 flow's wall time is **orchestration**: Prefect (its temporary server, flow and task runs), DVC
-(``dvc status`` per stage, ``dvc repro`` hashing deps and outputs, ``dvc push``), MLflow (the
-parent run, opening and closing each stage's run, the records of stages DVC skipped) and process
-start (the interpreter and imports of each ``srvau`` process before its body). Process start is
+(in the flow's process: its import, status and repro per stage, hashing deps and outputs; then the
+``dvc push`` process), MLflow (the parent run, opening and closing each stage's run, the records of
+stages DVC skipped) and process start and end (the interpreter and imports of each ``srvau``
+process before its body, its exit after it). Process start is
 measured too (each record holds how old its process was when the body began); the rest is the
 remainder per gap between stages. The peer is the compute itself: the table reports orchestration
 as a share of the wall time (target <= 15 %). Prints a table, writes bench/results/pipeline.json.
@@ -87,8 +88,9 @@ def split(wall_s: float, t_start: float, records: list[dict]) -> dict:
         "compute_over_orchestration": compute / orchestration if orchestration > 0 else None,
         "orchestration_parts_s": {
             "process_start": round(process_start, 3),  # interpreter + imports + params + opening the stage's run
-            "flow_start": round(first_gap, 3),  # Prefect server and flow run, parent MLflow run, first dvc status
-            "between_stages": round(orchestration - process_start - first_gap - tail, 3),  # dvc, Prefect tasks, MLflow
+            "flow_start": round(first_gap, 3),  # Prefect server and flow run, parent MLflow run, first dvc status/repro
+            # a stage process's exit, dvc status + repro, the Prefect task run, the stage's record in the parent run
+            "between_stages": round(orchestration - process_start - first_gap - tail, 3),
             "flow_end": round(tail, 3),  # last run closed, dvc.lock logged, dvc push, summary, Prefect shutdown
         },
     }
@@ -128,6 +130,7 @@ def main() -> int:
         srvau = str(Path(sys.executable).with_name("srvau"))
         subprocess.run([srvau, "config", "compose", *args.overrides], cwd=project, env=env, check=True,
                        capture_output=True)
+        load_at_start = os.getloadavg()[0]
         t_start = time.time()
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=project, env=env, text=True,
@@ -147,7 +150,7 @@ def main() -> int:
         "split": split(wall, t_start, records),
         "target_overhead_share": TARGET_OVERHEAD,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_avg_1m_at_end": os.getloadavg()[0]},
+                    "load_avg_1m_at_start": load_at_start, "load_avg_1m_at_end": os.getloadavg()[0]},
     }
     report["overhead_within_target"] = report["split"]["overhead_share"] <= TARGET_OVERHEAD
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,10 @@ class SynthConfig(Section):
     max_event_s: float = Field(4.0, gt=0)
     decoy_share: float = Field(0.5, ge=0, le=1)
     decoy_s: float = Field(1.0, gt=0)
+    # Qwen2.5-VL tells video tokens apart in time only through rotary positions, which change attention
+    # scores but not what a token carries: a 2-layer model cannot read seconds from them, so grounding
+    # learns a prior interval. The bar puts elapsed time into the pixels, as a CCTV overlay does.
+    time_bar: bool = True
 
     @model_validator(mode="after")
     def _event_fits(self) -> "SynthConfig":

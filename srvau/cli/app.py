@@ -8,6 +8,8 @@ Logs go to stderr; stdout carries only what a command is asked to print (JSON su
 
 from __future__ import annotations
 
+import atexit
+import gc
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +20,12 @@ from srvau.cli.context import CliOptions, setup_logging
 from srvau.cli.launch import launch_app
 
 app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True, add_completion=False)
+
+# A command's process ends right after its body: the interpreter's last garbage collections would walk
+# every object its libraries made (measured ~1 s with MLflow, ~5 s with torch and TRL on a busy 2-core
+# machine) to free memory the OS frees anyway. Freezing them skips that walk; the exit handlers
+# registered after this one (MLflow ending the run, logging's flush) still run first.
+atexit.register(gc.freeze)
 
 
 @app.callback()

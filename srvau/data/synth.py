@@ -41,6 +41,8 @@ VAU_BENCH_COLUMNS = list(VAU_COLUMNS)
 PREFIX = "demo_"
 BACKGROUND = (70, 70, 70)
 PEDESTRIAN = (230, 230, 230)
+TIME_BAR = (160, 160, 160)
+TIME_BAR_HEIGHT = 0.12  # share of the frame's height: about one 14-pixel patch row at 112 pixels
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Style:
 
     color: tuple[int, int, int]
     key_object: str
-    option: str  # the multiple-choice option text naming this event
+    option: str  # the multiple-choice option text naming this event; its first words are its own (the colour)
     description: str
     evidence: str
 
@@ -65,21 +67,21 @@ STYLES: dict[str, Style] = {
     "Explosion": Style(
         (255, 255, 0),
         "yellow blast",
-        "A yellow blast expands rapidly from the centre of the scene",
+        "Yellow blast expands rapidly from the centre of the scene",
         "A bright yellow blast bursts from the centre of the scene and expands quickly.",
         "a yellow circle that grows rapidly from the centre",
     ),
     "Fighting": Style(
         (220, 0, 220),
         "two people fighting",
-        "Two magenta figures clash and strike each other repeatedly",
+        "Magenta figures clash and strike each other repeatedly",
         "Two magenta figures rush together in the middle of the scene and strike each other repeatedly.",
         "two magenta figures that collide and bounce apart again and again",
     ),
     "Traffic_accident": Style(
         (0, 200, 255),
         "colliding cars",
-        "Two cyan cars drive into each other and crash",
+        "Cyan cars drive into each other and crash",
         "Two cyan cars drive towards each other along the road and crash in the middle.",
         "two cyan rectangles that move together and stop on impact",
     ),
@@ -93,12 +95,12 @@ STYLES: dict[str, Style] = {
     "Robbery": Style(
         (0, 230, 0),
         "masked robber",
-        "A green figure chases the pedestrian and grabs their bag",
+        "Green figure chases the pedestrian and grabs their bag",
         "A green figure runs after the pedestrian and grabs their bag.",
         "a green square chasing the white pedestrian",
     ),
 }
-NORMAL_OPTION = "A pedestrian walks across the road and nothing unusual happens"
+NORMAL_OPTION = "White pedestrian walks across the road and nothing unusual happens"
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,13 @@ def _rect(img: np.ndarray, y0: float, x0: float, y1: float, x1: float, color) ->
         img[y0:y1, x0:x1] = color
 
 
-def render_frame(clip: Clip, t: float, h: int, w: int, rng: np.random.Generator, duration: float) -> np.ndarray:
+def render_frame(clip: Clip, t: float, h: int, w: int, rng: np.random.Generator, duration: float,
+                 time_bar: bool = True) -> np.ndarray:
     """One RGB frame at time ``t`` seconds."""
     img = np.empty((h, w, 3), np.uint8)
     img[:] = BACKGROUND
+    if time_bar:  # elapsed time, as a CCTV overlay shows it (see SynthConfig.time_bar)
+        _rect(img, 0, 0, TIME_BAR_HEIGHT * h, w * t / max(duration, 1e-6), TIME_BAR)
     _rect(img, 0.55 * h, 0, 0.6 * h, w, (110, 110, 110))  # road marking: part of every scene
     px = (t / duration) * clip.ped_speed * (w - 0.1 * w)
     py = clip.ped_y * h
@@ -313,7 +318,7 @@ def synthesize(out_dir: Path, cfg: SynthConfig, seed: int) -> dict[str, int]:
     n_frames = int(round(cfg.duration_s * cfg.fps))
     for i, clip in enumerate(progress(clips, desc="synth videos", unit="video")):
         rng = np.random.default_rng([seed, i])
-        frames = [render_frame(clip, k / cfg.fps, cfg.height, cfg.width, rng, cfg.duration_s) for k in range(n_frames)]
+        frames = [render_frame(clip, k / cfg.fps, cfg.height, cfg.width, rng, cfg.duration_s, cfg.time_bar) for k in range(n_frames)]
         write_mp4(out_dir / "videos" / clip.name, frames, cfg.fps)
         rows[clip.split].append(annotation_row(clip, rng, classes))
     for split, split_rows in rows.items():

@@ -7,12 +7,11 @@ How it departs from VAU-R1's evaluation scripts, and why:
   video are packed by the processor as usual). Under greedy decoding the tokens equal one-at-a-time
   generation (tested); ``bench/eval.py`` measures the speed-up.
 * Prompts are sorted by their estimated length (vision tokens from the one sampling policy plus
-  text tokens), longest first, video by video: an out-of-memory batch shows up at once rather than at
-  the end, and the prompts of one video (every task and style) sit in the same batches, where the
-  video goes through the vision encoder once instead of once per prompt. At paper scale the vision
-  tokens dominate a prompt, so a batch still holds prompts of similar length; on the demo's short
-  clips the tasks' texts pad a batch by 10-19 %, which the shared encoding repays
-  (docs/benchmarks.md). Records come back in manifest order.
+  text tokens), longest first, video by video and, within a video, one system prompt together: an
+  out-of-memory batch shows up at once rather than at the end, and the prompts of one video sit in the
+  same batches, where the video is processed and encoded once (kept for the next batches by a
+  ``VideoCache``) and the prompts of one video and system prompt share the prefill of that prefix
+  (``srvau.modeling.generation``). Records come back in manifest order.
 * Frames come from the frame cache (``srvau.video.cache.load_frames``): the model sees exactly
   the frames it was trained on. VAU-R1 evaluated with a different frame/pixel budget than it trained.
 * Generation is ``srvau.modeling.generation`` (shared with the policy teacher and the registered
@@ -49,6 +48,7 @@ from srvau.modeling.generation import (  # the one generation path; re-exported 
     Generation,
     GenerationSettings,
     chat_text,
+    VideoCache,
     generate_batch,
     generation_kwargs,
     seed_sampling,
@@ -197,13 +197,22 @@ class FrameStore:
 
 def length_order(samples: Sequence[Sample], text_lengths: Sequence[int]) -> list[int]:
     """Indices of ``samples``: videos by their longest estimated prompt, longest first, and each video's
-    prompts together (longest first), so a batch holds few distinct videos and each goes through the
-    vision encoder once (``srvau.modeling.generation``); ties by path, then sample order."""
+    prompts together, so a batch holds few distinct videos and each goes through the vision encoder once
+    (``srvau.modeling.generation``); within a video, the prompts of one system prompt together (they share
+    the prefill of system prompt and video) and longest first; ties by path, then sample order."""
     total = [s.est_vision_tokens + n for s, n in zip(samples, text_lengths)]
     longest: dict[str, int] = {}
+    longest_system: dict[tuple[str, str], int] = {}
     for s, t in zip(samples, total):
         longest[s.frames_path] = max(longest.get(s.frames_path, 0), t)
-    return sorted(range(len(samples)), key=lambda i: (-longest[samples[i].frames_path], samples[i].frames_path, -total[i], i))
+        key = (s.frames_path, s.system)
+        longest_system[key] = max(longest_system.get(key, 0), t)
+
+    def rank(i: int):
+        s = samples[i]
+        return (-longest[s.frames_path], s.frames_path, -longest_system[(s.frames_path, s.system)], s.system, -total[i], i)
+
+    return sorted(range(len(samples)), key=rank)
 
 
 def batches(order: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -268,6 +277,7 @@ def make_record(sample: Sample, gen: Generation, model_label: str) -> dict[str, 
         "truth": sample.truth,
         "prompt_tokens": gen.prompt_tokens,
         "new_tokens": len(gen.token_ids),
+        "truncated": not gen.finished,  # cut by evaluate.max_new_tokens
     }
 
 
@@ -323,6 +333,7 @@ def run_inference(
     out_jsonl: Path | None = None,
     progress: bool = True,
     sort_by_length: bool = True,
+    video_cache: int = 32,
 ) -> tuple[list[dict[str, Any]], InferenceStats]:
     """Generate for every sample; records in the order of ``samples``.
 
@@ -333,6 +344,10 @@ def run_inference(
     rank i mod N) and every rank gets all the records back. The batches are those of a one-process run,
     so greedy outputs equal it; each rank keeps its own ``.partial`` file and only rank 0 writes
     ``out_jsonl``.
+
+    ``video_cache`` videos keep their processed frames and vision features between batches (a video's
+    prompts, every task and style, can span batches); 0 processes a video again in every batch, which
+    with ``batch_size=1`` and no length sorting is VAU-R1's loop (``bench/eval.py``'s reference).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -344,6 +359,7 @@ def run_inference(
     order = length_order(samples, lengths) if sort_by_length else list(range(len(samples)))
     mine = list(batches(order, batch_size))[rank::world]
     store = FrameStore(capacity=max(4 * batch_size, 16))
+    videos = VideoCache(video_cache)
     records: list[dict[str, Any] | None] = [None] * len(samples)
     stats = InferenceStats(samples=len(samples), videos=len({s.video_id for s in samples}))
     suffix = ".partial" if world == 1 else f".rank{rank}.partial"
@@ -358,7 +374,7 @@ def run_inference(
                           unit="prompt", enabled=progress and rank == 0)
         for idx in mine:
             clips = [store.get(samples[i].frames_path) for i in idx]
-            gens = generate_batch(model, processor, [texts[i] for i in idx], clips, gen_kwargs)
+            gens = generate_batch(model, processor, [texts[i] for i in idx], clips, gen_kwargs, videos)
             width = max(g.prompt_tokens for g in gens)
             padded += sum(width - g.prompt_tokens for g in gens)
             total += width * len(gens)

@@ -285,8 +285,8 @@ def metric_table(results: dict[str, Any]) -> str:
             cells = [results[m].get(task, {}).get(style) for m in models]
             if not any(cells):
                 continue
-            for key in (*keys, "well_formed", "n"):
-                out.append(_row([task, style, key], [(c or {}).get(key) for c in cells], compare=key != "n",
+            for key in (*keys, "well_formed", "truncated", "n"):
+                out.append(_row([task, style, key], [(c or {}).get(key) for c in cells], compare=key != "n", lower_better=key == "truncated",
                                 cis=[(c or {}).get(f"{key}_ci95") for c in cells]))
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -453,7 +453,8 @@ description keyword recall; <code>n</code>: scored samples.</p>
 <p>Percentages (0-100) by VAU-R1's protocol: QA accuracy; grounding mIoU and R@k on anomaly intervals;
 classification binary and 20-way accuracy. Styles: <code>reflect</code> (reflection trace, final answer scored),
 <code>think</code> and <code>direct</code> (VAU-R1's think / no-think prompts). <code>well_formed</code>: share of
-outputs in the style's format; <code>keyword_recall</code>: share of the reference description's content
+outputs in the style's format; <code>truncated</code>: share cut by the generation budget
+(<code>evaluate.max_new_tokens</code>) before they ended, scored as wrong; <code>keyword_recall</code>: share of the reference description's content
 words the answer mentions. Grey brackets: 95% intervals (Wilson for proportions, normal approximation for
 means). Best value per row in bold.</p>
 {metric_table(results)}

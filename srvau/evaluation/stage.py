@@ -130,6 +130,7 @@ def compute_metrics(records: list[dict[str, Any]], iou_right: float = 0.5) -> di
             recall = [r["keyword_recall"] for r in recs if r.get("keyword_recall") is not None]
             m = {"n": len(recs), **M.mean_metric("keyword_recall", recall)}
         m["well_formed"] = M.pct(sum(bool(r["well_formed"]) for r in recs) / len(recs))
+        m["truncated"] = M.pct(sum(bool(r.get("truncated")) for r in recs) / len(recs))
         out.setdefault(task, {})[style] = m
         if style == "reflect" and task in METRIC_TASK:
             rm = M.reflection_metrics(METRIC_TASK[task], texts, _gts(task, recs), iou_right=iou_right)
@@ -286,6 +287,7 @@ def evaluate(
         del model
         _release_accelerator_memory()
         m = compute_metrics(records, cfg.iou_right)
+        warn_truncated(m, label, cfg.max_new_tokens)
         if cfg.judge.enabled and main:
             m["vau_eval"] = judge_records(records, cfg.judge, out_dir / "judge" / f"{label}.jsonl", client=judge_client)
         results[label] = m
@@ -323,6 +325,19 @@ def evaluate(
         log_stage_artifact(path, artifact_path="evaluate")
     log_stage_artifacts(report_path.parent / "figures", artifact_path="evaluate/figures")
     return {"metrics": str(metrics_path), "report": str(report_path), "predictions": predictions, "models": results}
+
+
+def warn_truncated(metrics: dict[str, Any], label: str, budget: int) -> list[str]:
+    """A warning per (task, style) whose answers ran out of budget: a cut trace has no final answer and
+    scores as wrong, so the metric measures the budget, not the model."""
+    warnings = []
+    for task, styles in metrics.items():
+        for style, m in styles.items() if task in TASKS else ():
+            if m.get("truncated"):
+                warnings.append(f"{label}: {m['truncated']}% of {task}/{style} answers hit evaluate.max_new_tokens="
+                                f"{budget} before ending; raise it (their scores count them wrong)")
+                log.warning(warnings[-1])
+    return warnings
 
 
 def _numeric(d: dict[str, Any]) -> dict[str, Any]:

@@ -10,16 +10,22 @@
 * Vision placeholder ids are suppressed: an untrained model samples ``<|video_pad|>`` and the next
   forward then fails ("Video features and video tokens do not match").
 * Outputs are cut after the first end-of-sequence token (a batch keeps padding finished rows).
-* A video asked several questions in one batch goes through the vision encoder once: its features are
-  computed per distinct clip and handed to ``generate()`` as ``mm_encoder_outputs`` (transformers'
-  own slot for precomputed encoder outputs). The vision encoder treats every video on its own (block-
-  diagonal attention), so the features, and the tokens, are those of one video per call (tested).
-  The evaluation orders its prompts video by video so that a batch holds few videos.
+* A video asked several questions is processed and encoded once: :class:`VideoCache` keeps each clip's
+  processed video (``srvau.modeling.inputs.video_inputs``, the processor's own tensors) and its vision
+  features for the following batches, and ``generate()`` gets the features as ``mm_encoder_outputs``
+  (transformers' own slot for precomputed encoder outputs). The vision encoder treats every video on its
+  own (block-diagonal attention), so the features, and the tokens, are those of one video per call.
+* Rows of a batch that agree up to the end of their video (same system prompt, same clip) share that
+  prefix's prefill: it runs once per group and its key/value cache is copied to the group's rows, which
+  then prefill only their own text (:func:`_shared_prefix_generate`). Greedy tokens equal one-at-a-time
+  generation (tested). The evaluation orders its prompts video by video, one system prompt together, so
+  that a batch holds few videos and whole groups.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +63,7 @@ class Generation:
     text: str  # decoded, special tokens skipped
     token_ids: list[int]  # new tokens up to and including the first end-of-sequence
     prompt_tokens: int  # prompt length without padding
+    finished: bool = True  # False: the budget (max_new_tokens) ran out before an end-of-sequence token
 
 
 def inference_device_map() -> str | None:
@@ -137,57 +144,192 @@ def _trim(ids: list[int], eos: set[int]) -> list[int]:
     return ids
 
 
-def _distinct(clips: Sequence[Clip]) -> list[int]:
-    """For each clip, the position of its first occurrence (the same frames object = the same video)."""
-    first: dict[int, int] = {}
-    return [first.setdefault(id(c[0]), i) for i, c in enumerate(clips)]
+class VideoCache:
+    """Each clip's processed video and vision features, made once and kept for the next batches (LRU).
+
+    A clip is known by its frames object (``FrameStore`` and :func:`generate` hand out one object per
+    frame-cache entry); an entry keeps that object alive, so its id cannot name another clip while
+    cached. Features belong to one model: use one cache per model (``run_inference`` makes one per call).
+    ``capacity`` bounds memory (videos kept); 0 keeps nothing beyond the current batch."""
+
+    def __init__(self, capacity: int = 32):
+        self.capacity = max(0, capacity)
+        self._items: OrderedDict[int, _Video] = OrderedDict()
+
+    def videos(self, processor, clips: Sequence[Clip]) -> list["_Video"]:
+        """One entry per clip (rows showing the same frames object share it), processed when new."""
+        from srvau.modeling.inputs import video_inputs
+
+        batch: dict[int, _Video] = {}
+        for frames, meta in clips:
+            key = id(frames)
+            if key in batch:
+                continue
+            video = self._items.get(key)
+            if video is None:
+                video = _Video(frames, video_inputs(processor, frames, meta))
+            batch[key] = video
+        for key, video in batch.items():  # newest last; the batch's own videos outlive its evictions
+            self._items[key] = video
+            self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return [batch[id(frames)] for frames, _ in clips]
+
+    @staticmethod
+    def encode(model, videos: Sequence["_Video"]) -> None:
+        """Vision features of the videos that lack them, in one encoder call (it treats every video on its
+        own: block-diagonal attention, so a video's features do not depend on its company)."""
+        import torch
+
+        todo = list({id(v): v for v in videos if v.features is None}.values())
+        if not todo:
+            return
+        pixels = torch.cat([v.inputs["pixel_values_videos"] for v in todo]).to(model.device, model.dtype)
+        grid = torch.cat([v.inputs["video_grid_thw"] for v in todo]).to(model.device)
+        for v, f in zip(todo, model.get_video_features(pixels, grid, return_dict=True).pooler_output):
+            v.features = f
+            v.inputs = {k: t for k, t in v.inputs.items() if k != "pixel_values_videos"}  # done with; the bulk
 
 
-def _shared_video_features(model, inputs, owner: Sequence[int]) -> dict | None:
-    """``mm_encoder_outputs`` holding each distinct video's features once per row that shows it, or
-    None when every row has its own video (generate() then encodes them itself, as always)."""
-    if len(set(owner)) == len(owner) or "pixel_values_videos" not in inputs:
-        return None
-    encode = getattr(model, "get_video_features", None)
-    if encode is None:  # not a Qwen2.5-VL-style model: leave the encoding to generate()
-        return None
-    import torch
+@dataclass
+class _Video:
+    frames: np.ndarray  # pinned, see VideoCache
+    inputs: dict[str, Any]  # srvau.modeling.inputs.video_inputs
+    features: Any = None  # vision-encoder output on the model's device
+
+
+def _mm_outputs(features: Sequence[Any]) -> dict:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    grid = inputs["video_grid_thw"]
-    rows = torch.split(inputs["pixel_values_videos"], grid.prod(-1).tolist())
-    keep = sorted(set(owner))
-    feats = encode(torch.cat([rows[i] for i in keep]), grid[keep], return_dict=True).pooler_output
-    by_owner = dict(zip(keep, feats))
-    return {"video": BaseModelOutputWithPooling(pooler_output=tuple(by_owner[o] for o in owner))}
+    return {"video": BaseModelOutputWithPooling(pooler_output=tuple(features))}
 
 
-def generate_batch(model, processor, texts: Sequence[str], clips: Sequence[Clip], gen_kwargs: dict) -> list[Generation]:
-    """One left-padded ``generate()`` over several (chat text, clip) pairs, on the model's device.
-
-    Rows that share a clip (the same frames object) share its vision features (module docstring)."""
+def _video_fields(videos: Sequence[_Video], device) -> dict[str, Any]:
     import torch
 
-    from srvau.modeling.inputs import processor_inputs
+    return {k: torch.cat([v.inputs[k] for v in videos]).to(device) for k in ("video_grid_thw", "second_per_grid_ts")}
 
-    inputs = processor_inputs(processor, texts, [c[0] for c in clips], [c[1] for c in clips], padding_side="left")
-    inputs = inputs.to(model.device)
-    if "pixel_values_videos" in inputs:
-        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
-    width = inputs["input_ids"].shape[1]
+
+def _prefix_ends(ids: list[int], vision_end: int) -> int:
+    """Length of a prompt's shared part: everything up to and including its video (system prompt, chat
+    header, video tokens); the text after it is the row's own. 0 when the prompt has no video."""
+    return ids.index(vision_end) + 1 if vision_end in ids else 0
+
+
+def _shared_prefix_generate(model, enc, videos: Sequence[_Video], gen_kwargs: dict):
+    """generate() with the part each row shares with other rows of the batch computed once per group.
+
+    Rows whose prompts agree up to the end of their video (same system prompt, same clip) form a group;
+    the group's prefix goes through the model once (groups of one length together, unpadded: the kernels
+    of a one-prompt prefill), and its key/value cache is copied to every row of the group. generate() then
+    runs the rows' own text on top of that cache. The rows are laid out [pad | prefix | pad | own text]:
+    padding inside the prompt is masked out like left padding, and the 3D rope positions (Qwen2.5-VL's
+    ``get_rope_index``) count only real tokens, so every real token sees the keys and positions it would
+    alone. Returns (output ids, prompt width) or None when no two rows share a prefix.
+    """
+    import torch
+    from transformers import StaticCache
+
+    vision_end = getattr(model.config, "vision_end_token_id", None)
+    rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
+    if vision_end is None or rope_index is None:
+        return None
+    mask = enc["attention_mask"].bool()
+    rows = [ids[m].tolist() for ids, m in zip(enc["input_ids"], mask)]
+    types = [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)]
+    ends = [_prefix_ends(r, vision_end) for r in rows]
+    if not all(0 < e < len(r) for e, r in zip(ends, rows)):
+        return None
+    groups: dict[tuple, list[int]] = {}
+    for i, (r, e) in enumerate(zip(rows, ends)):
+        groups.setdefault((id(videos[i]), tuple(r[:e])), []).append(i)
+    if len(groups) == len(rows):
+        return None
+    device = model.device
+    # the groups' prefixes, one forward per prefix length
+    by_length: dict[int, list[list[int]]] = {}
+    for members in groups.values():
+        by_length.setdefault(ends[members[0]], []).append(members)
+    n_rows, width_p = len(rows), max(ends)
+    width_s = max(len(r) - e for r, e in zip(rows, ends))
+    layers: list[list[torch.Tensor]] | None = None
+    for p, group_list in by_length.items():
+        heads = [g[0] for g in group_list]
+        out = model(
+            input_ids=torch.tensor([rows[i][:p] for i in heads], device=device),
+            attention_mask=torch.ones(len(heads), p, dtype=torch.long, device=device),
+            mm_token_type_ids=torch.tensor([types[i][:p] for i in heads], device=device),
+            mm_encoder_outputs=_mm_outputs([videos[i].features for i in heads]),
+            **_video_fields([videos[i] for i in heads], device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        members = [i for g in group_list for i in g]
+        source = torch.tensor([k for k, g in enumerate(group_list) for _ in g], device=device)
+        target = torch.tensor(members, device=device)
+        if layers is None:
+            layers = [[k.new_zeros(n_rows, *k.shape[1:2], width_p, k.shape[-1]) for k in (layer.keys, layer.values)]
+                      for layer in cache.layers]
+        for (keys, values), layer in zip(layers, cache.layers):
+            keys[target, :, width_p - p:] = layer.keys[source]
+            values[target, :, width_p - p:] = layer.values[source]
+    # the rows laid out as [pad | prefix | pad | own text]
+    pad = gen_kwargs["generation_config"].pad_token_id
+    ids = torch.full((n_rows, width_p + width_s), pad, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    mm_types = torch.zeros_like(ids)
+    for i, (r, t, e) in enumerate(zip(rows, types, ends)):
+        own = len(r) - e
+        for cols, part in ((slice(width_p - e, width_p), slice(0, e)), (slice(width_p + width_s - own, None), slice(e, None))):
+            ids[i, cols] = torch.tensor(r[part])
+            mm_types[i, cols] = torch.tensor(t[part])
+            attention[i, cols] = 1
+    ids, attention, mm_types = ids.to(device), attention.to(device), mm_types.to(device)
+    text_positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
+    rope, _ = rope_index(ids, mm_token_type_ids=mm_types, attention_mask=attention, **_video_fields(videos, device))
+    # a preallocated cache: a growing one copies every row's keys and values at each decoding step
+    cache = StaticCache(config=model.config, max_cache_len=width_p + width_s + gen_kwargs["generation_config"].max_new_tokens)
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    # generate() would compile the forward for a static cache on a GPU, anew for every batch's shapes
+    config = copy.deepcopy(gen_kwargs["generation_config"])
+    config.update(disable_compile=True, cache_implementation=None)  # the cache is ours
+    out = model.generate(input_ids=ids, attention_mask=attention, position_ids=torch.cat([text_positions[None], rope]),
+                         past_key_values=cache, **{**gen_kwargs, "generation_config": config})
+    return out, width_p + width_s
+
+
+def generate_batch(
+    model, processor, texts: Sequence[str], clips: Sequence[Clip], gen_kwargs: dict, videos: VideoCache | None = None
+) -> list[Generation]:
+    """One left-padded ``generate()`` over several (chat text, clip) pairs, on the model's device.
+
+    Each distinct clip is processed and encoded once (``videos`` keeps them for later batches), and rows
+    that share a clip and a system prompt share the prefill of that prefix (module docstring)."""
+    import torch
+
+    from srvau.modeling.inputs import text_inputs
+
+    shown = (videos if videos is not None else VideoCache(0)).videos(processor, clips)  # the video of each row
+    enc = text_inputs(processor, texts, [v.inputs for v in shown], padding_side="left")
     with torch.inference_mode():
-        shared = _shared_video_features(model, inputs, _distinct(clips))
+        VideoCache.encode(model, shown)
+        shared = _shared_prefix_generate(model, enc, shown, gen_kwargs)
         if shared is not None:
-            inputs = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
-            inputs["mm_encoder_outputs"] = shared
-        out = model.generate(**inputs, **gen_kwargs)
+            out, width = shared
+        else:
+            out = model.generate(**enc.to(model.device), **_video_fields(shown, model.device),
+                                 mm_encoder_outputs=_mm_outputs([v.features for v in shown]), **gen_kwargs)
+            width = enc["input_ids"].shape[1]
     eos = _eos_ids(gen_kwargs)
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    lengths = enc["attention_mask"].sum(dim=1).tolist()
     gens = []
     for row, n_prompt in zip(out[:, width:].tolist(), lengths):
         ids = _trim(row, eos)
         text = processor.tokenizer.decode(ids, skip_special_tokens=True)
-        gens.append(Generation(text=text, token_ids=ids, prompt_tokens=int(n_prompt)))
+        gens.append(Generation(text=text, token_ids=ids, prompt_tokens=int(n_prompt), finished=bool(ids) and ids[-1] in eos))
     return gens
 
 

@@ -80,3 +80,47 @@ def processor_inputs(
         return_tensors="pt",
         **kwargs,
     )
+
+
+# Generation reuses one clip's processed video across the prompts that ask about it (evaluation asks
+# each video several questions). The two functions below split processor_inputs in its video and text
+# halves; together they give exactly its tensors (tested), so training, which keeps processor_inputs,
+# and generation feed the model the same inputs.
+
+
+def video_inputs(processor, frames: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """One clip's processed video, as :func:`processor_inputs` makes it: ``pixel_values_videos``,
+    ``video_grid_thw`` (1, 3) and ``second_per_grid_ts`` (1,)."""
+    frames, meta = even_frames(frames, meta)
+    pixels = int(frames.shape[1]) * int(frames.shape[2])
+    out = processor(
+        videos=[frames],
+        video_metadata=[video_metadata(meta, len(frames))],
+        do_sample_frames=False,
+        size={"shortest_edge": pixels, "longest_edge": pixels},  # as processor_inputs pins them
+        return_tensors="pt",
+    )
+    return {k: out[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
+
+
+def text_inputs(processor, texts: Sequence[str], videos: Sequence[dict[str, Any]], padding_side: str = "left"):
+    """``input_ids``, ``attention_mask`` and ``mm_token_type_ids`` of chat-templated ``texts`` whose one
+    video each is ``videos[i]`` (:func:`video_inputs`), without processing the videos again.
+
+    The processor expands the placeholder to one token per merged patch (``replace_video_token``:
+    ``video_grid_thw.prod() / merge_size**2``) before tokenising; the placeholder is a special token, so
+    expanding its id after tokenising gives the same ids without tokenising thousands of them."""
+    import torch
+
+    placeholder = processor.video_token_id
+    merge = processor.video_processor.merge_size ** 2
+    rows = []
+    for ids, video in zip(processor.tokenizer(list(texts))["input_ids"], videos, strict=True):
+        if ids.count(placeholder) != 1:
+            raise ValueError(f"a text must hold exactly one {processor.video_token}")
+        at = ids.index(placeholder)
+        rows.append(ids[:at] + [placeholder] * (int(video["video_grid_thw"].prod()) // merge) + ids[at + 1 :])
+    processor.tokenizer.padding_side = padding_side
+    enc = processor.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
+    enc["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(enc["input_ids"]), dtype=torch.long)
+    return enc

@@ -12,7 +12,7 @@ from decord import VideoReader, cpu
 
 from srvau.contract.vocab import canonical_class
 from srvau.cot.teachers import misleading_cue
-from srvau.data.synth import STYLES, VAU_BENCH_COLUMNS, synthesize
+from srvau.data.synth import NORMAL_OPTION, STYLES, TIME_BAR, TIME_BAR_HEIGHT, VAU_BENCH_COLUMNS, synthesize
 
 
 def _rows(demo_dir, split):
@@ -73,6 +73,27 @@ def test_event_frames_differ_inside_the_interval(demo_dir, params):
         assert not outside or max(outside) < 0.002, (r["Video Name"], outside)
         checked += 1
     assert checked >= 4
+
+
+def test_each_option_starts_with_its_own_word():
+    """A trace names the option it picks by its first words (srvau.cot.teachers): they must tell the
+    options apart, or naming them says nothing about which letter follows."""
+    firsts = [o.split()[0].lower() for o in [NORMAL_OPTION, *(st.option for st in STYLES.values())]]
+    assert len(set(firsts)) == len(firsts), firsts
+
+
+def test_the_time_bar_shows_elapsed_time(demo_dir, params):
+    """The top band's bar covers t / duration of the width in every frame: time is in the pixels, where
+    a model reads it, and not only in the rotary positions Qwen2.5-VL gives video tokens."""
+    cfg = params.synth
+    assert cfg.time_bar
+    band = slice(1, int(TIME_BAR_HEIGHT * cfg.height) - 1)  # inside the bar, off its compressed edge
+    for r in _rows(demo_dir, "val")[:3]:
+        vr = VideoReader(str(demo_dir / "videos" / r["Video Name"]), ctx=cpu(0), num_threads=1)
+        frames = vr.get_batch(list(range(len(vr)))).asnumpy()
+        covered = [_colour_share(f[band], TIME_BAR) for f in frames]
+        expected = [k / cfg.fps / cfg.duration_s for k in range(len(frames))]
+        assert np.abs(np.array(covered) - np.array(expected)).max() < 0.1, (r["Video Name"], covered)
 
 
 def test_deterministic_by_seed(tmp_path, params):

@@ -237,7 +237,7 @@ def test_metrics_from_handwritten_outputs():
     assert recs[3]["first_answer"] == [2.0, 4.0] and recs[3]["final_answer"] == [3.0, 7.0]
     assert recs[4]["final_answer"] == [0.0, 4.0]
     m = compute_metrics(recs)
-    assert m["qa"]["reflect"] == {"n": 3, "accuracy": 66.67, "accuracy_ci95": [20.77, 93.85], "well_formed": 100.0}
+    assert m["qa"]["reflect"] == {"n": 3, "accuracy": 66.67, "accuracy_ci95": [20.77, 93.85], "well_formed": 100.0, "truncated": 0.0}
     g = m["grounding"]["reflect"]
     assert (g["n"], g["miou"], g["r@0.3"], g["r@0.5"], g["r@0.7"]) == (2, 80.0, 100.0, 100.0, 50.0)
     # one rule (srvau.contract.scoring.well_formed): a grounding pass without <glue> is malformed
@@ -330,10 +330,13 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     m = metrics["base"]
     for task in TASKS:
         assert set(m[task]) == {"reflect", "direct"}
-    assert set(m["qa"]["reflect"]) == {"n", "accuracy", "accuracy_ci95", "well_formed"} and m["qa"]["reflect"]["n"] == 2
+    assert set(m["qa"]["reflect"]) == {"n", "accuracy", "accuracy_ci95", "well_formed", "truncated"} and m["qa"]["reflect"]["n"] == 2
     point = {"miou", "r@0.3", "r@0.5", "r@0.7"}
-    assert set(m["grounding"]["direct"]) == {"n", "well_formed"} | point | {f"{k}_ci95" for k in point}
-    assert set(m["description"]["direct"]) == {"n", "well_formed", "keyword_recall", "keyword_recall_ci95"}
+    assert set(m["grounding"]["direct"]) == {"n", "well_formed", "truncated"} | point | {f"{k}_ci95" for k in point}
+    assert set(m["description"]["direct"]) == {"n", "well_formed", "truncated", "keyword_recall", "keyword_recall_ci95"}
+    # 4 new tokens cut every reflection trace: counted, and the log says which budget to raise
+    assert m["qa"]["reflect"]["truncated"] == 100.0
+    assert "of qa/reflect answers hit evaluate.max_new_tokens=4 before ending" in caplog.text
     assert set(m["reflection"]) == {"qa", "grounding", "classification"}
     assert m["vau_eval"]["styles"]["reflect"]["n"] == 2 and m["vau_eval"]["judge_model"] == p.evaluate.judge.model
     for label in ("base", "grpo"):
@@ -410,3 +413,71 @@ def test_cli_prints_report_path(manifest, tiny_model_dir, tmp_path, isolated_mlf
     assert bad.exit_code == 2 and "not found" in bad.stderr
     bad = CliRunner().invoke(app, [*sets, "evaluate", "--manifest", str(manifest), "--model", "base"])
     assert bad.exit_code == 2 and "LABEL=CHECKPOINT" in bad.output
+
+
+def test_processed_videos_equal_the_processors_tensors(tiny, mixed_samples):
+    """The video and text halves that generation caches give exactly processor_inputs' tensors (what
+    training feeds the model), on clips of two sizes in one batch."""
+    import torch
+
+    from srvau.modeling.inputs import processor_inputs, text_inputs, video_inputs
+
+    _, proc = tiny
+    texts = [chat_text(proc, s.prompt, s.system) for s in mixed_samples]
+    clips = _clips(mixed_samples)
+    ref = processor_inputs(proc, texts, [c[0] for c in clips], [c[1] for c in clips])
+    videos = [video_inputs(proc, *c) for c in clips]
+    enc = text_inputs(proc, texts, videos)
+    assert {c[0].shape for c in clips} == {(16, 112, 112, 3), (8, 56, 56, 3)}
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        assert torch.equal(enc[key], ref[key]), key
+    for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        assert torch.equal(torch.cat([v[key] for v in videos]), ref[key]), key
+
+
+def test_prompts_sharing_a_video_share_its_prefill_and_keep_their_tokens(tiny, mixed_samples, manifest, params):
+    """Every task and style on a large and a small clip in one batch: the rows of one clip and system
+    prompt prefill that prefix once (prefixes of several lengths, single-row groups beside them), and
+    every row's tokens equal one-at-a-time generation."""
+    from srvau.video.cache import load_frames
+
+    model, proc = tiny
+    large = build_samples(read_manifest(manifest, "test").head(1), manifest.parent, TASKS, STYLES, params.video)
+    small_path = next(s.frames_path for s in mixed_samples if not s.frames_path.startswith(str(manifest.parent)))
+    samples = large + [dataclasses.replace(s, frames_path=small_path) for s in large]
+    loaded = {p: load_frames(p) for p in {s.frames_path for s in samples}}  # one object per clip, as FrameStore
+    texts = [chat_text(proc, s.prompt, s.system) for s in samples]
+    clips = [loaded[s.frames_path] for s in samples]
+    gk = generation_kwargs(model, proc.tokenizer, GenerationSettings(max_new_tokens=10))
+    prefill_tokens = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: prefill_tokens.append(kwargs["inputs_embeds"].shape[0] * kwargs["inputs_embeds"].shape[1])
+        if kwargs["inputs_embeds"].shape[1] > 1 else None, with_kwargs=True)
+    try:
+        batched = generate_batch(model, proc, texts, clips, gk)
+    finally:
+        hook.remove()
+    singles = [generate_batch(model, proc, [t], [c], gk)[0] for t, c in zip(texts, clips)]
+    assert len(samples) >= 16 and len({s.system for s in samples}) >= 4
+    assert len(prefill_tokens) >= 3  # prefixes of (at least) two lengths, then the rows' own text
+    assert sum(prefill_tokens) < sum(g.prompt_tokens for g in batched)  # a padded batch's prefill is at least this
+    for b, s in zip(batched, singles):
+        assert b.prompt_tokens == s.prompt_tokens
+        assert b.token_ids == s.token_ids
+
+
+def test_length_order_keeps_a_videos_system_prompts_together():
+    """Within a video, the prompts of one system prompt sit next to each other (they share a prefill),
+    the system prompt with the longest prompt first; videos stay whole and longest first."""
+    from srvau.evaluation.inference import Sample, length_order
+
+    def sample(video, system):
+        return Sample(video, "qa", "reflect", system, "", f"/cache/{video}.npz", {}, 100)
+
+    samples = [sample("a", "think"), sample("a", "reflect"), sample("a", "think"), sample("b", "direct"),
+               sample("a", "reflect"), sample("a", "direct")]
+    text = [30, 60, 10, 5, 20, 40]
+    order = length_order(samples, text)
+    assert [samples[i].video_id for i in order] == ["a"] * 5 + ["b"]
+    assert [samples[i].system for i in order] == ["reflect", "reflect", "direct", "think", "think", "direct"]
+    assert order == [1, 4, 5, 0, 2, 3]

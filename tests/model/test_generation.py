@@ -76,6 +76,8 @@ def test_generate_batches_loads_cache_paths_and_trims(tiny, prompts):
     assert [g.token_ids for g in batched] == [g.token_ids for g in singles]
     assert [g.text for g in batched] == [g.text for g in singles]
     assert all(0 < len(g.token_ids) <= 8 and g.prompt_tokens > 0 for g in batched)
+    eos = set(proc.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
+    assert [g.finished for g in batched] == [g.token_ids[-1] in eos for g in batched]  # False = cut by the budget
     with pytest.raises(FileNotFoundError, match="frame cache entry"):
         generate(model, proc, texts[:1], [paths[0] + ".gone"], settings, batch_size=1)
     with pytest.raises(ValueError, match="batch_size"):
@@ -126,4 +128,43 @@ def test_a_video_asked_twice_in_a_batch_is_encoded_once(tiny, prompts):
         hook.remove()
     assert encoded == [2]  # two distinct videos in the batch, one encoder call
     singles = generate(model, proc, texts, paths, GenerationSettings(max_new_tokens=10), batch_size=1)
+    assert [g.token_ids for g in batched] == [g.token_ids for g in singles]
+
+
+def test_video_cache_reuses_a_clips_processing_and_features_across_batches(tiny, prompts):
+    """A clip (its frames object) is processed once while cached, encoded once across batches, its
+    pixels dropped once encoded; the least recently used clip leaves a full cache. Tokens stay those of
+    one at a time."""
+    from srvau.contract.prompts import system_prompt
+    from srvau.modeling.generation import VideoCache, generate_batch, generation_kwargs
+    from srvau.video.cache import load_frames
+
+    model, proc = tiny
+    clips = [load_frames(p) for *_, p in prompts]
+    cache = VideoCache(capacity=2)
+    first = cache.videos(proc, [clips[0], clips[0]])
+    assert first[0] is first[1] and "pixel_values_videos" in first[0].inputs
+    VideoCache.encode(model, first)
+    assert first[0].features is not None and "pixel_values_videos" not in first[0].inputs
+    assert cache.videos(proc, [clips[0]])[0] is first[0]
+    cache.videos(proc, [clips[1]])
+    cache.videos(proc, [clips[2]])  # over capacity: clip 0, the least recently used, leaves
+    assert cache.videos(proc, [clips[0]])[0] is not first[0]
+
+    asks = [("What happens in the video?", 0), ("Is anything unusual going on?", 0), ("Describe the scene.", 0),
+            ("When does it start?", 1)]
+    texts = [chat_text(proc, q, system_prompt("reflect")) for q, _ in asks]
+    rows = [clips[c] for _, c in asks]
+    gk = generation_kwargs(model, proc.tokenizer, GenerationSettings(max_new_tokens=10))
+    encoded: list[int] = []  # videos per vision-encoder call
+    hook = model.model.visual.register_forward_hook(
+        lambda mod, args, kwargs, out: encoded.append(int(kwargs.get("grid_thw", args[1] if len(args) > 1 else None).shape[0])),
+        with_kwargs=True)
+    shared = VideoCache()
+    try:
+        batched = generate_batch(model, proc, texts[:2], rows[:2], gk, shared) + generate_batch(model, proc, texts[2:], rows[2:], gk, shared)
+    finally:
+        hook.remove()
+    assert encoded == [1, 1]  # clip 0 in the first batch; only clip 1 is new in the second
+    singles = [generate_batch(model, proc, [t], [c], gk)[0] for t, c in zip(texts, rows)]
     assert [g.token_ids for g in batched] == [g.token_ids for g in singles]
