@@ -30,7 +30,7 @@ def project(tmp_path_factory):
     return dest
 
 
-def run_flow(project: Path, *stages: str, env_extra=None) -> subprocess.CompletedProcess:
+def run_flow(project: Path, *stages: str, env_extra=None, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
     env["PREFECT_HOME"] = str(project / ".prefect")
@@ -41,7 +41,7 @@ def run_flow(project: Path, *stages: str, env_extra=None) -> subprocess.Complete
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 
@@ -275,7 +275,8 @@ def test_make_run_equivalent_end_to_end_the_demo_learns(tmp_path_factory):
     import mlflow
 
     project = project_copy(tmp_path_factory.mktemp("full"))
-    proc = run_flow(project)  # all stages declared in dvc.yaml
+    # all stages declared in dvc.yaml: 6.5 min on 2 quiet cores (make run's budget is 10), more when busy
+    proc = run_flow(project, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = project / "reports/eval/report.html"
     assert f"report: {report}" in proc.stdout
