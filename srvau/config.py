@@ -104,7 +104,6 @@ class TinyModelConfig(Section):
     vision_hidden_size: int = Field(64, ge=16)
     vision_num_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(4096, ge=256)
-    drill_steps: int = Field(1000, ge=0)  # text-only reading drills before saving (srvau.modeling.warmup)
 
 
 class ModelConfig(Section):

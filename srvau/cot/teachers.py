@@ -58,19 +58,6 @@ log = logging.getLogger(__name__)
 
 Interval = tuple[float, float]
 
-# The fixed words of the annotation teacher's traces (the templates below). A tokenizer trained for the
-# demo covers them, as a Hub tokenizer does, so a trace is not spelt out letter by letter.
-TRACE_VOCABULARY = (
-    "At first glance: ", "Over the whole clip: ", "no anomaly, ", " from 1.5 s to 4.0 s.", " appears.",
-    " at 0.5-1.5 s is gone at once; the sustained evidence is ", " lasts from ", "Rechecking the whole clip, ",
-    " supports option A.", "Option B is not supported: the video shows ", "The first answer is not supported",
-    "Rechecking every frame, nothing unusual happens.", "Rechecking, no ", " before ", " or after ",
-    "Nothing unusual occurs; the video only shows ", "The first pass missed ", "The interval is too wide: ",
-    " appears only from ", "The interval is off: ", " is visible from ", " s, not ", " fits ",
-    " and no other class.", " does not fit: the video shows ", "The first class does not fit",
-    "the description covers ", "The first description misses ", "; A. x: no; B. y: no; C. z: no; D. w: yes.",
-)
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -340,9 +327,7 @@ class AnnotationTeacher:
         the evidence it rests on + its answer. Grounding states ``thing``'s interval instead."""
         task = item.task
         if task == "qa":
-            if answer not in "ABCD" or len(answer) != 1:
-                return Pass(f"{lead}{ev}; option {answer} fits.", answer)
-            return Pass(f"{lead}{ev}; {_option_walk(item.options, answer)}.", answer)
+            return Pass(f"{lead}{ev}; option {answer} fits.", answer)
         if task == "grounding":
             if interval is None or fmt.is_normal_interval(interval):
                 return Pass(f"{lead}no anomaly, {ev}.", NORMAL, fmt.NORMAL_INTERVAL)
@@ -478,20 +463,6 @@ class AnnotationTeacher:
                 return f"Rechecking the whole clip, the description covers {k}."
             return f"The first description misses {k}: {ev}."
         raise ValueError(f"unknown task {task!r}")
-
-
-def _option_walk(options: dict[str, str], answer: str) -> str:
-    """The options read in order, each judged, up to the one chosen: "A. White pedestrian: no; B. Orange
-    flames: yes". Each step repeats what follows a letter in the prompt, and the answer is the last letter
-    written: a small model can learn both, unlike finding the letter of the option that names the
-    evidence (docs/demo-results.md)."""
-    steps = []
-    for letter in "ABCD":
-        head = clip_words(clean(options.get(letter, "")), 2).rstrip(" .,;:")
-        steps.append(f"{letter}. {head}: {'yes' if letter == answer else 'no'}")
-        if letter == answer:
-            break
-    return "; ".join(steps)
 
 
 def _option_naming(options: dict[str, str], thing: str, exclude: str) -> str | None:

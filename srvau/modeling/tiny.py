@@ -1,4 +1,4 @@
-"""The offline demo model: a tiny Qwen2.5-VL built from arguments, given reading drills, saved like a Hub checkpoint.
+"""The offline demo model: a tiny, randomly initialised Qwen2.5-VL built from arguments.
 
 Nothing is downloaded. The tokenizer is a byte-level BPE trained here on the demo texts with the
 Qwen2 pre-tokeniser, wrapped in the real ``Qwen2Tokenizer``; the processor is the real
@@ -8,11 +8,6 @@ any Hugging Face checkpoint, so every later stage loads it through the same code
 Departure from a Hub checkpoint: the reflection tags are added as single tokens. A 1M-parameter model
 learns the trace structure far faster when ``<reflection>`` is one token instead of five; for the Hub
 models we leave the vocabulary alone (see ``srvau.modeling.loading``), where the tags tokenise fine.
-Likewise the option marks ``A.``..``D.`` are single tokens: a QA trace reads the options by repeating
-the words that follow each letter in the prompt (srvau.cot.teachers), and copying "what followed this
-token" is what a 2-layer model learns (srvau.modeling.warmup); with ``A`` ``.`` ``Blue`` it would have to
-match two tokens back. The tokenizer's corpus also holds the prompts and the trace templates, so a trace
-is not spelt out letter by letter.
 """
 
 from __future__ import annotations
@@ -24,10 +19,6 @@ from typing import Iterable
 
 from srvau.compat import ensure_torchvision
 from srvau.config import Params, TinyModelConfig, VideoConfig
-from srvau.contract.prompts import SYSTEM, task_prompt
-from srvau.contract.vocab import TASKS
-from srvau.cot.teachers import TRACE_VOCABULARY
-from srvau.modeling.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +27,6 @@ CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 REFLECTION_TAGS = [f"<{t}>" for t in ("think", "answer", "glue", "reflection")] + [
     f"</{t}>" for t in ("think", "answer", "glue", "reflection")
 ]
-# "A." .. "D." as one token each: see the module docstring.
-OPTION_MARKS = [f"{letter}." for letter in "ABCD"]
 
 # Qwen2.5-VL's chat template, reduced to what we use, with {% generation %} markers around the
 # assistant turn so `return_assistant_tokens_mask=True` masks the prompt out of the SFT loss.
@@ -67,7 +56,7 @@ CHAT_TEMPLATE = (
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A byte-level BPE over ``texts`` with the Qwen2 pre-tokeniser, as a ``Qwen2Tokenizer``."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
     # Start from the real Qwen2 tokenizer's pre-tokeniser so words split exactly as in Qwen2.5-VL.
@@ -77,7 +66,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     bpe.decoder = decoders.ByteLevel()
     specials = CHAT_TOKENS + VISION_TOKENS
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(REFLECTION_TAGS) - len(OPTION_MARKS),
+        vocab_size=vocab_size - len(REFLECTION_TAGS),
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -96,7 +85,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
         extra_special_tokens=specials,
     )
     tok.add_tokens(REFLECTION_TAGS, special_tokens=False)
-    tok.add_tokens([AddedToken(m, single_word=True, normalized=False) for m in OPTION_MARKS])
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -176,9 +164,6 @@ def build_model(tokenizer, cfg: TinyModelConfig, seed: int):
     return model
 
 
-_EXAMPLE_ROW = {"question": "What happens in the video?", **{f"option_{x}": "x" for x in "abcd"}}
-
-
 def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
     """Every text field of VAU-Bench-format CSVs: what the tokenizer must cover."""
     import pandas as pd
@@ -194,8 +179,6 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
     # Times, letters and the task vocabulary appear in prompts/answers even if absent from CSVs.
     texts += [f"[{a}.{b}, {a + 1}.{b}]" for a in range(100) for b in range(10)]
     texts += ["A B C D", "Anomaly Normal", "The anomaly happens between seconds", "Options: (A) (B) (C) (D)"]
-    # The prompts and the trace templates, weighted like the training traces that repeat them.
-    texts += [*SYSTEM.values(), *(task_prompt(t, _EXAMPLE_ROW) for t in TASKS), *TRACE_VOCABULARY] * 20
     return texts
 
 
@@ -204,9 +187,7 @@ def build_tiny(out_dir: Path, params: Params, corpus_csvs: Iterable[Path]) -> Pa
     tokenizer = train_tokenizer(corpus_from_csvs(corpus_csvs), params.model.tiny.vocab_size)
     processor = build_processor(tokenizer, params.video)
     model = build_model(tokenizer, params.model.tiny, params.seed)
-    drills = warm_up(model, tokenizer, params.model.tiny.drill_steps, params.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "reading_drills.json").write_text(json.dumps(drills, indent=2) + "\n")
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     n = sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ from decord import VideoReader, cpu
 from srvau.contract.trace import parse_trace, render_trace
 from srvau.modeling import load_model, load_processor, vision_token_ids
 from srvau.modeling.inputs import processor_inputs, user_message
-from srvau.modeling.tiny import OPTION_MARKS, REFLECTION_TAGS
+from srvau.modeling.tiny import REFLECTION_TAGS
 
 
 @pytest.fixture(scope="module")
@@ -35,46 +35,6 @@ def test_tokenizer_round_trips_reflection_tags(loaded):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text
     assert parse_trace(tok.decode(ids)).reflective
-
-
-def test_option_marks_are_single_tokens_and_round_trip(loaded):
-    """An option's letter sits one token before the option's words, in the prompt and in a trace."""
-    tok = loaded[1].tokenizer
-    prompt = "What happens?\nA. Orange flames break out\nB. Blue flood water\nAnswer with the option's letter."
-    tokens = tok.convert_ids_to_tokens(tok(prompt, add_special_tokens=False)["input_ids"])
-    for mark, word in (("A.", "Orange"), ("B.", "Blue")):
-        assert tokens[tokens.index(mark) + 1].lstrip("\u0120") == word, tokens
-    assert all(len(tok(m, add_special_tokens=False)["input_ids"]) == 1 for m in OPTION_MARKS)
-    for text in (prompt, "A. Orange flames: no; B. Blue flood: yes.", "DVD. CD. A.B. x"):
-        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-
-
-def test_reading_drills_teach_the_tiny_model_to_read_options(tiny_model_dir, params):
-    """A random model writes no held-out option walk; after the build's drills it writes some exactly
-    (srvau.modeling.warmup), which SFT builds on to answer multiple-choice questions."""
-    import json
-
-    drills = json.loads((tiny_model_dir / "reading_drills.json").read_text())
-    assert drills["steps"] == params.model.tiny.drill_steps > 0
-    assert drills["walk_exact_before"] == 0.0
-    assert drills["walk_exact_after"] >= 0.1, drills
-
-
-def test_drills_are_built_from_the_tokenizers_words_and_train_on_the_answers_only(loaded):
-    import random
-
-    from srvau.modeling.warmup import IGNORE, drill_batch, drill_words, walk_drill
-
-    tok = loaded[1].tokenizer
-    words = drill_words(tok)
-    ids, mask, labels = drill_batch(random.Random(0), words, tok, 4, drills=(walk_drill,))
-    for row, lab in zip(ids, labels):
-        text = tok.decode(row[lab != IGNORE])
-        prompt = tok.decode(row[(lab == IGNORE) & (row != tok.pad_token_id)])
-        target = prompt.split("Find: ")[1].split()[0]
-        steps = text.rstrip(".").split("; ")
-        assert all(s.endswith(": no") for s in steps[:-1]) and steps[-1].endswith(": yes"), text
-        assert target in steps[-1].split() and all(target not in s.split() for s in steps[:-1]), (prompt, text)
 
 
 def test_generate_from_a_real_decoded_video(loaded, demo_dir):
