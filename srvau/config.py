@@ -42,6 +42,16 @@ def find_project_root(start: Path | None = None) -> Path:
 PROJECT_ROOT = find_project_root()
 
 
+def project_relative(path: str | os.PathLike) -> str:
+    """``path`` relative to the project root when it lies inside it, else as given: how outputs that DVC
+    versions record input paths, so they are the same in every checkout of the project."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(p)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from srvau.config import IngestConfig, Params
+from srvau.config import IngestConfig, Params, project_relative
 from srvau.data.manifest import MANIFEST_NAME, QUARANTINE_NAME
 from srvau.io import write_jsonl, write_parquet
 from srvau.data.vau_bench import ANNOTATION_COLUMNS, VauBenchFormatError, read_vau_bench
@@ -152,13 +152,16 @@ def _row_ctx(row: pd.Series) -> dict[str, Any]:
 def _read_annotations(annotations: list[Path], dataset: str, quarantine: list[dict]) -> tuple[pd.DataFrame, int]:
     frames, n_read = [], 0
     for csv_path in annotations:
+        shown = project_relative(csv_path)  # the manifest and quarantine are DVC outputs: no checkout path
         try:
             res = read_vau_bench(csv_path, dataset=dataset)
         except VauBenchFormatError as e:
-            quarantine.append(_qrecord(str(csv_path), "bad_annotation_file", str(e), source=str(csv_path)))
+            quarantine.append(_qrecord(shown, "bad_annotation_file", str(e), source=shown))
             continue
         n_read += len(res.rows) + len(res.rejected)
+        res.rows["source_csv"] = shown
         for r in res.rejected:
+            r["source"] = shown
             quarantine.append(_qrecord(f"{r['source']}:{r['line']}", r["reason"], r.get("detail", ""),
                                        source=r["source"], line=r["line"], video_name=r.get("video_name")))
         if len(res.rows):

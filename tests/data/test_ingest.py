@@ -394,3 +394,35 @@ def test_cli_nothing_valid_exits_1(tmp_path):
     res = CliRunner().invoke(_app(), ["ingest", "--annotations", str(csv_path), "--video-root", str(root),
                                       "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "no valid row" in res.output
+
+
+def test_the_manifest_is_the_same_in_every_checkout(demo_dir, tmp_path):
+    """manifest.parquet is a DVC output: two checkouts of one project ingesting the same files must write
+    the same bytes. It recorded each CSV's absolute path, so every clone got its own manifest hash."""
+    import subprocess
+    import sys
+
+    from srvau.config import PROJECT_ROOT
+
+    srvau = Path(sys.executable).parent / "srvau"
+    rows = pd.read_csv(demo_dir / "train.csv", dtype=str, keep_default_na=False).head(2)
+    manifests = []
+    for checkout in ("one", "two"):
+        root = tmp_path / checkout / "project"
+        (root / "data" / "videos").mkdir(parents=True)
+        for name in ("params.yaml", "dvc.yaml"):
+            shutil.copy(PROJECT_ROOT / name, root / name)
+        rows.to_csv(root / "data" / "train.csv", index=False)
+        for video in rows["Video Name"]:
+            shutil.copy(demo_dir / "videos" / video, root / "data" / "videos" / video)
+        proc = subprocess.run(
+            [str(srvau), "ingest", "--annotations", str(root / "data" / "train.csv"),  # absolute, as the stage passes them
+             "--video-root", str(root / "data" / "videos"), "--out", str(root / "data" / "ingest")],
+            cwd=root, env={**os.environ, "SRVAU_ROOT": str(root), "SRVAU_PROGRESS": "0"},
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        manifest = pd.read_parquet(root / "data" / "ingest" / "manifest.parquet")
+        assert set(manifest["source_csv"]) == {"data/train.csv"}
+        manifests.append((root / "data" / "ingest" / "manifest.parquet").read_bytes())
+    assert manifests[0] == manifests[1]
