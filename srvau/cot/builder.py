@@ -35,7 +35,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from srvau.config import PROJECT_ROOT, CotConfig, Params
+from srvau.config import PROJECT_ROOT, CotConfig, Params, project_relative
 from srvau.contract import scoring as S
 from srvau.contract import trace as T
 from srvau.contract.prompts import system_prompt, task_prompt
@@ -290,7 +290,7 @@ def build_rocot(manifest: Path, out_dir: Path, params: Params, teacher=None) -> 
         teacher_stats=dict(getattr(teacher, "stats", None) or {}),
     )
     stats = {"metrics": result.metrics(), "dropped": dict(res.dropped), "quarantined": dict(quarantined),
-             "manifest": str(manifest), "manifest_sha256": sha256_file(manifest)}
+             "manifest": project_relative(manifest), "manifest_sha256": sha256_file(manifest)}
     (out_dir / STATS).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     write_card(out_dir, result, kept, params, manifest, stats["manifest_sha256"])
     log.info("cot: kept %d of %d (%s), quarantined %d", len(kept), res.total, split_counts, sum(quarantined.values()))

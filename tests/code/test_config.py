@@ -236,3 +236,12 @@ def test_hub_ids_and_local_paths_are_told_apart(tmp_path, monkeypatch):
         _source("models/sft/merged")  # two levels: never a Hub id
     with pytest.raises(FileNotFoundError, match="not a Hub id"):
         _source("models/sft")  # org/name shape, but ./models is a local folder
+
+
+def test_outputs_record_project_paths_relative_to_the_project(tmp_path):
+    """What DVC versions (the manifest's CSVs, the RoCoT stats' manifest) must not name the checkout."""
+    from srvau.config import PROJECT_ROOT, project_relative
+
+    assert project_relative(PROJECT_ROOT / "data" / "ingest" / "manifest.parquet") == "data/ingest/manifest.parquet"
+    outside = tmp_path / "elsewhere.csv"
+    assert project_relative(outside) == str(outside)
