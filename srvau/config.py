@@ -43,13 +43,16 @@ PROJECT_ROOT = find_project_root()
 
 
 def project_relative(path: str | os.PathLike) -> str:
-    """``path`` relative to the project root when it lies inside it, else as given: how outputs that DVC
-    versions record input paths, so they are the same in every checkout of the project."""
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(PROJECT_ROOT).as_posix()
-    except ValueError:
-        return str(p)
+    """``path`` relative to the project root when it lies inside it, else absolute: how outputs that DVC
+    versions (and what a reader of the checkout opens) name a file, the same in every checkout.
+
+    The file itself is not resolved: with DVC's symlink cache a tracked file links into ``.dvc/cache``,
+    and its name in the project is what counts. Its folder is, in case the root is reached by a link."""
+    p = Path(os.path.abspath(path))
+    for candidate in (p, p.parent.resolve() / p.name):
+        if candidate.is_relative_to(PROJECT_ROOT):
+            return candidate.relative_to(PROJECT_ROOT).as_posix()
+    return str(p)
 
 
 class Section(BaseModel):

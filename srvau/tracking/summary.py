@@ -10,20 +10,13 @@ After a failed stage: which stage failed, the tail of its error, and what had ru
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from srvau.config import PROJECT_ROOT, Params
+from srvau.config import Params, project_relative
 
 ARTIFACT_KEY = "srvau-pipeline"  # Prefect artifact keys: lowercase letters, digits, dashes
 ERROR_TAIL = 3000
-
-
-def project_path(path: str | os.PathLike) -> str:
-    """``path`` relative to the project root when it lies inside it (what a reader of the checkout opens)."""
-    path = Path(path).resolve()
-    return path.relative_to(PROJECT_ROOT.resolve()).as_posix() if path.is_relative_to(PROJECT_ROOT.resolve()) else str(path)
 
 
 def mlflow_run_line(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str:
@@ -81,11 +74,11 @@ def pipeline_markdown(params: Params, *, run_line: str, statuses: dict[str, str]
         f"MLflow run: {run_line}  \nRecipe: `{params.recipe or 'demo'}`  \nDVC push: {push}",
         "## Headline",
         headline_markdown(metrics, params.evaluate.primary_style) if isinstance(metrics, dict)
-        else f"_No evaluation results (`{project_path(metrics_file)}` is missing)._",
+        else f"_No evaluation results (`{project_relative(metrics_file)}` is missing)._",
         "## Registry",
         registry_decision(_read_json(params.resolve(params.paths.reports) / "registry.json")),
         "## Report",
-        f"`{project_path(report)}`" if report.exists() else f"_No report (`{project_path(report)}` is missing)._",
+        f"`{project_relative(report)}`" if report.exists() else f"_No report (`{project_relative(report)}` is missing)._",
         "## Stages",
         _stage_table(statuses),
     ]

@@ -245,3 +245,9 @@ def test_outputs_record_project_paths_relative_to_the_project(tmp_path):
     assert project_relative(PROJECT_ROOT / "data" / "ingest" / "manifest.parquet") == "data/ingest/manifest.parquet"
     outside = tmp_path / "elsewhere.csv"
     assert project_relative(outside) == str(outside)
+    # a link (DVC's symlink cache) is named where it is, not where it points
+    target = tmp_path / "cache" / "ab12"
+    target.parent.mkdir()
+    target.write_text("x")
+    outside.symlink_to(target)
+    assert project_relative(outside) == str(outside)
