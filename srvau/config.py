@@ -117,6 +117,7 @@ class TinyModelConfig(Section):
     vision_hidden_size: int = Field(64, ge=16)
     vision_num_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(4096, ge=256)
+    reading_drill_steps: int = Field(1200, ge=0)
 
 
 class ModelConfig(Section):
@@ -215,6 +216,7 @@ class CotConfig(Section):
     min_description_overlap: float = Field(0.3, ge=0, le=1)
     single_pass: bool = False
     think_max_words: int = Field(16, ge=4)
+    qa_option_orders: int = Field(1, ge=1, le=4)
     answer_max_words: int = Field(24, ge=4)
     openai: OpenAITeacherConfig = OpenAITeacherConfig()
     policy: PolicyTeacherConfig = PolicyTeacherConfig()

@@ -26,11 +26,13 @@ ensure_torchvision()
 
 SHARED_VAU_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "vau-bench"
 
-# Small but real: every split present, every default class drawn at least once in train.
-SMALL_SYNTH = {
+# Small but real: every split present, every default class drawn at least once in train; the tiny
+# base practises reading options for a few steps only (the look-up it learns is tested on its own).
+SMALL = {
     "synth.n_train": 12,
     "synth.n_val": 3,
     "synth.n_test": 6,
+    "model.tiny.reading_drill_steps": 4,
 }
 
 
@@ -38,7 +40,7 @@ SMALL_SYNTH = {
 def params():
     from srvau.config import load_params
 
-    return load_params(overrides=SMALL_SYNTH)
+    return load_params(overrides=SMALL)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ Every wait is bounded; a server that dies or never becomes healthy fails the tes
 from __future__ import annotations
 
 import os
+import re
 import signal
 import shutil
 import socket
@@ -100,8 +101,10 @@ class Service:
             pass
 
 
-def project_copy(dest: Path) -> Path:
-    """The tracked + untracked-not-ignored files of this checkout, as a fresh git(+DVC) project."""
+def project_copy(dest: Path, reading_drill_steps: int = 4) -> Path:
+    """The tracked + untracked-not-ignored files of this checkout, as a fresh git(+DVC) project. Its tiny
+    base practises reading options for ``reading_drill_steps`` steps only (params.yaml and the defaults):
+    pipeline tests check the wiring; what the drills teach is tested in tests/model/test_tiny_model.py."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -110,6 +113,9 @@ def project_copy(dest: Path) -> Path:
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
+    for f in ("params.yaml", "configs/defaults.yaml"):
+        text = (dest / f).read_text()
+        (dest / f).write_text(re.sub(r"(?m)^(\s+reading_drill_steps:) \d+", rf"\g<1> {reading_drill_steps}", text))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
 

@@ -31,6 +31,25 @@ def options_text(row: Mapping[str, Any]) -> str:
     return "\n".join(f"{letter}. {row[f'option_{letter.lower()}']}" for letter in "ABCD")
 
 
+_ARTICLES = {"a", "an", "the"}
+
+
+def option_key_word(option: str) -> str:
+    """The word a QA pass names an option by, just before its letter ("...; Orange B fits."): the option's
+    first word that is not an article, as the prompt spells it. Writing it right before the letter turns
+    the letter into a look-up a small model learns (docs/trace-format.md); "" for an empty option."""
+    for word in str(option or "").split():
+        word = word.strip(".,;:!?\"'()[]")
+        if word and word.lower() not in _ARTICLES:
+            return word
+    return ""
+
+
+def option_choice(option: str, letter: str) -> str:
+    """How a QA pass states its choice, the key word right before the letter: "Orange B fits"."""
+    return f"{option_key_word(option) or 'option'} {letter} fits"
+
+
 def task_prompt(task: str, row: Mapping[str, Any]) -> str:
     """The user text for one (video, task); ``row`` is a manifest/RoCoT row."""
     if task == "qa":

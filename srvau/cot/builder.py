@@ -39,8 +39,8 @@ from srvau.contract import scoring as S
 from srvau.contract import trace as T
 from srvau.contract.prompts import system_prompt, task_prompt
 from srvau.contract.truth import grounding_interval, truth_of
-from srvau.contract.vocab import canonical_class, optional_float, optional_text
-from srvau.cot.dataset import COLUMNS, SPLITS, save_split
+from srvau.contract.vocab import LETTERS, canonical_class, optional_float, optional_text
+from srvau.cot.dataset import COLUMNS, ROTATED, SPLITS, save_split
 from srvau.cot.filter import DROP_REASONS, FilterResult, is_correct, quality_filter
 from srvau.cot.teachers import Generated, TaskItem, clean, key_evidence, make_teacher, misleading_cue, text_or_none
 from srvau.data.manifest import ManifestError  # noqa: F401  (re-exported: `srvau cot` exits 2 on it)
@@ -82,8 +82,25 @@ def video_interval(row: dict[str, Any]) -> tuple[float, float]:
     return iv if iv is not None else (math.nan, math.nan)
 
 
+def option_orders(row: dict[str, Any], n: int) -> list[tuple[str, dict[str, Any]]]:
+    """``(suffix, row)`` for a train QA row in ``n`` option orders: the annotated one ("") and its
+    rotations by one letter ("@1", "@2", "@3"), the correct letter moved with its option. Seeing a
+    video's options in several orders teaches reading the options, not the letter an event came with."""
+    out = [("", row)]
+    for r in range(1, min(n, 4)):
+        rotated = dict(row)
+        for i, x in enumerate(LETTERS):
+            rotated[f"option_{LETTERS[(i + r) % 4].lower()}"] = row.get(f"option_{x.lower()}")
+        letter = (optional_text(row.get("correct_option")) or "").upper()
+        if letter in LETTERS:
+            rotated["correct_option"] = LETTERS[(LETTERS.index(letter) + r) % 4]
+        out.append((f"{ROTATED}{r}", rotated))
+    return out
+
+
 def task_items(manifest: pd.DataFrame, manifest_dir: Path, params: Params) -> list[TaskItem]:
-    """Every (video, task) with a ground truth, ordered by split, video and task."""
+    """Every (video, task) with a ground truth, ordered by split, video and task; train QA in
+    ``cot.qa_option_orders`` option orders."""
     cot = params.cot
     order = {s: i for i, s in enumerate(SPLITS)}
     rows = sorted(manifest.to_dict("records"), key=lambda r: (order.get(str(r["split"]), 9), str(r["video_id"])))
@@ -94,24 +111,29 @@ def task_items(manifest: pd.DataFrame, manifest_dir: Path, params: Params) -> li
         cls = canonical_class(optional_text(row.get("anomaly_class")) or "")
         evidence = key_evidence(row.get("reasoning"), row.get("description"), row.get("key_object"), cot.think_max_words)
         cue = misleading_cue(row.get("reasoning"))
-        for task in cot.tasks:
-            truth = truth_of(task, row)
+        for task, suffix, variant in (
+            (task, suffix, variant)
+            for task in cot.tasks
+            for suffix, variant in (option_orders(row, cot.qa_option_orders) if task == "qa" and row["split"] == "train"
+                                    else [("", row)])
+        ):
+            truth = truth_of(task, variant)
             if truth is None:
                 continue
             items.append(
                 TaskItem(
-                    sample_id=f"{row['video_id']}:{task}",
+                    sample_id=f"{row['video_id']}:{task}{suffix}",
                     video_id=str(row["video_id"]),
                     split=str(row["split"]),
                     task=task,
-                    prompt=task_prompt(task, row),
+                    prompt=task_prompt(task, variant),
                     truth=truth,
                     anomaly_class=cls,
                     interval_kind=str(row.get("interval_kind")),
                     key_object=text_or_none(row.get("key_object")),
                     evidence=evidence,
                     reference=text_or_none(row.get("description")),
-                    options={x: text_or_none(row.get(f"option_{x.lower()}")) or "" for x in "ABCD"} if task == "qa" else {},
+                    options={x: text_or_none(variant.get(f"option_{x.lower()}")) or "" for x in "ABCD"} if task == "qa" else {},
                     duration_s=optional_float(row.get("duration_s")) or 0.0,
                     video_interval=video_interval(row),
                     frames_path=frames,

@@ -15,7 +15,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # name -> datasets dtype; the contract between the cot stage, the gate, training and evaluation.
 SCHEMA: dict[str, str] = {
-    "sample_id": "string",  # "{video_id}:{task}"
+    "sample_id": "string",  # "{video_id}:{task}", "{video_id}:qa@{r}" for train QA rotated by r letters
     "video_id": "string",
     "split": "string",
     "task": "string",  # qa | grounding | classification | description
@@ -35,6 +35,12 @@ SCHEMA: dict[str, str] = {
     "frames_path": "string",  # absolute, or relative to the project root (Params.resolve)
 }
 COLUMNS: tuple[str, ...] = tuple(SCHEMA)
+ROTATED = "@"  # sample_id mark of a train QA sample whose options are rotated (cot.qa_option_orders)
+
+
+def is_rotated(sample_id: str) -> bool:
+    """True for the extra option orders of a train QA question; False for its annotated order."""
+    return ROTATED in str(sample_id).rpartition(":")[2]
 
 
 def features():

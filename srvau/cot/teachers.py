@@ -47,6 +47,7 @@ import numpy as np
 from srvau.chat import ChatClient, ChatError, Reply, ReplyCache
 from srvau.config import CotConfig, OpenAITeacherConfig, Params
 from srvau.contract import trace as fmt
+from srvau.contract.prompts import option_choice
 from srvau.contract.scoring import STOPWORDS, content_words, grounding_label
 from srvau.contract.truth import Truth
 from srvau.contract.vocab import optional_text
@@ -327,7 +328,7 @@ class AnnotationTeacher:
         the evidence it rests on + its answer. Grounding states ``thing``'s interval instead."""
         task = item.task
         if task == "qa":
-            return Pass(f"{lead}{ev}; option {answer} fits.", answer)
+            return Pass(f"{lead}{ev}; {option_choice(item.options.get(answer, ''), answer)}.", answer)
         if task == "grounding":
             if interval is None or fmt.is_normal_interval(interval):
                 return Pass(f"{lead}no anomaly, {ev}.", NORMAL, fmt.NORMAL_INTERVAL)

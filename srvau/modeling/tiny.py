@@ -5,9 +5,14 @@ Qwen2 pre-tokeniser, wrapped in the real ``Qwen2Tokenizer``; the processor is th
 ``Qwen2_5_VLProcessor``; the model is the real ``Qwen2_5_VLForConditionalGeneration``. It is saved like
 any Hugging Face checkpoint, so every later stage loads it through the same code as Qwen2.5-VL-3B.
 
-Departure from a Hub checkpoint: the reflection tags are added as single tokens. A 1M-parameter model
-learns the trace structure far faster when ``<reflection>`` is one token instead of five; for the Hub
-models we leave the vocabulary alone (see ``srvau.modeling.loading``), where the tags tokenise fine.
+Departures from a Hub checkpoint:
+- the reflection tags are added as single tokens. A 1M-parameter model learns the trace structure far
+  faster when ``<reflection>`` is one token instead of five; for the Hub models we leave the vocabulary
+  alone (see ``srvau.modeling.loading``), where the tags tokenise fine.
+- before it is saved, the language model practises reading option lists (``reading_drills``), text only.
+  A pretrained base can find the option that names something and read its letter; a random 2-layer
+  model learns that only after a few hundred steps of practice, far more QA samples than the demo has
+  (docs/demo-results.md). The drills never see a video, a correct option or a label.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Iterable
 
 from srvau.compat import ensure_torchvision
 from srvau.config import Params, TinyModelConfig, VideoConfig
+from srvau.contract.vocab import LETTERS
+from srvau.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -170,24 +177,165 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
 
     from srvau.contract.vocab import CLASSES
 
+    from srvau.contract.prompts import task_prompt
+
     texts: list[str] = list(CLASSES)
     for path in csvs:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
         for col in df.columns:
             if col not in ("Start Time", "End Time"):
                 texts.extend(df[col].tolist())
+        # the QA prompt as the model reads it, so an option's words split there as they do in a trace
+        if {"Question", "Option 1", "Option 2", "Option 3", "Option 4"} <= set(df.columns):
+            texts.extend(task_prompt("qa", {"question": q, "option_a": a, "option_b": b, "option_c": c, "option_d": d})
+                         for q, a, b, c, d in df[["Question", "Option 1", "Option 2", "Option 3", "Option 4"]].itertuples(index=False))
     # Times, letters and the task vocabulary appear in prompts/answers even if absent from CSVs.
     texts += [f"[{a}.{b}, {a + 1}.{b}]" for a in range(100) for b in range(10)]
     texts += ["A B C D", "Anomaly Normal", "The anomaly happens between seconds", "Options: (A) (B) (C) (D)"]
     return texts
 
 
+def option_lists_from_csvs(csvs: Iterable[Path]) -> list[tuple[str, list[str]]]:
+    """(question, its four options) of every row that has four options: the drills' reading material.
+    Which option is correct is never read."""
+    import pandas as pd
+
+    lists = []
+    for path in csvs:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        cols = [f"Option {i}" for i in range(1, 5)]
+        if "Question" not in df.columns or not set(cols) <= set(df.columns):
+            continue
+        for q, *opts in df[["Question", *cols]].itertuples(index=False):
+            if all(o.strip() for o in opts):
+                lists.append((q, list(opts)))
+    return lists
+
+
+def drill_words(texts: Iterable[str]) -> list[str]:
+    """The words (case and punctuation kept) the drills write before a key word: any text of the corpus,
+    so the look-up does not come to depend on what precedes it. Times and numbers are left out."""
+    return sorted({w for t in texts for w in str(t).split() if not any(c.isdigit() for c in w)})
+
+
+def _drill(tokenizer, lists: list[tuple[str, list[str]]], words: list[str], rng) -> tuple[list[int], list[int]] | None:
+    """One drill: a QA prompt with a list's options in a random order, then a pass that writes random
+    words, names one option by its key word and answers with its letter. Returns the token ids and the
+    positions of the two letters (the only tokens with a loss: the look-up, then the copy into the
+    answer), or None when the drawn list's options do not have distinct key words. The random words come
+    from any text, so only the key word tells which option is meant."""
+    from srvau.contract.prompts import option_choice, option_key_word, task_prompt
+    from srvau.contract.trace import render_pass
+
+    question, options = lists[int(rng.integers(len(lists)))]
+    options = [options[i] for i in rng.permutation(4)]
+    keys = [option_key_word(o) for o in options]
+    if "" in keys or len(set(keys)) < 4:
+        return None
+    k = int(rng.integers(4))
+    letter = LETTERS[k]
+    row = {"question": question, **{f"option_{x.lower()}": o for x, o in zip(LETTERS, options)}}
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": task_prompt("qa", row)}]}],
+                                           tokenize=False, add_generation_prompt=True)
+    filler = " ".join(words[i] for i in rng.integers(len(words), size=int(rng.integers(3, 16))))
+    choice = option_choice(options[k], letter)
+    text = render_pass(f"{filler}; {choice}.", letter)
+    head = text[: text.rindex(choice) + len(keys[k])]  # up to the key word (the filler may hold letters too)
+    before = tokenizer(prompt + head)["input_ids"]
+    ids = tokenizer(prompt + text)["input_ids"]
+    target = tokenizer.convert_tokens_to_ids([f"Ġ{letter}", letter])
+    look_up = len(before)
+    if ids[look_up] != target[0]:
+        return None  # the tokenizer merged the letter with its neighbours: not a clean drill
+    copy = max(i for i, t in enumerate(ids) if t == target[1])
+    return ids, [look_up, copy]
+
+
+def is_drilled(name: str) -> bool:
+    """The parameters the drills train: the language model's attention and its output layer. The look-up
+    is attention's work; training the embeddings and MLPs too left the model slower to learn from video
+    afterwards (val classification 62.5 vs 87.5, docs/demo-results.md)."""
+    return ".visual." not in f".{name}" and (".self_attn." in name or name.startswith("lm_head."))
+
+
+def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: list[str], steps: int, seed: int,
+                   batch_size: int = 32, learning_rate: float = 1e-3, weight_decay: float = 0.1) -> dict:
+    """Train the language model's attention and output layer (``is_drilled``) to find the option a key word
+    names and answer with its letter. Returns the held-out accuracy on the drills' letters before and
+    after (256 drills, two letters each; chance is 25%)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    held_out = np.random.default_rng(seed + 1)
+
+    def batch(gen, n):
+        rows = []
+        while len(rows) < n:
+            d = _drill(tokenizer, lists, words, gen)
+            if d is not None:
+                rows.append(d)
+        width = max(len(ids) for ids, _ in rows)
+        pad = tokenizer.pad_token_id
+        ids = torch.full((n, width), pad)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        labels = torch.full((n, width), -100)
+        for i, (x, at) in enumerate(rows):
+            ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+            labels[i, at] = torch.tensor([x[j] for j in at])
+        return ids, mask, labels
+
+    def accuracy(data) -> float:
+        model.eval()
+        ok = n = 0
+        with torch.no_grad():
+            for ids, mask, labels in data:
+                pred = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
+                tgt, sel = labels[:, 1:], labels[:, 1:] != -100
+                ok += int((pred[sel] == tgt[sel]).sum())
+                n += int(sel.sum())
+        model.train()
+        return ok / max(n, 1)
+
+    if steps <= 0:
+        return {"steps": 0}
+    probe = np.random.default_rng(seed)
+    if not lists or all(_drill(tokenizer, lists, words, probe) is None for _ in range(256)):
+        log.warning("reading drills skipped: no option list with four distinct key words")
+        return {"steps": 0}
+    evaluation = [batch(held_out, 64) for _ in range(4)]
+    before = accuracy(evaluation)
+    params = [p for name, p in model.named_parameters() if is_drilled(name)]
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    model.train()
+    for step in progress(range(steps), desc="reading drills", total=steps):
+        ids, mask, labels = batch(rng, batch_size)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    after = accuracy(evaluation)
+    log.info("reading drills: %d steps, look-up accuracy %.2f -> %.2f (chance 0.25)", steps, before, after)
+    return {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "weight_decay": weight_decay,
+            "held_out_accuracy_before": before, "held_out_accuracy_after": after}
+
+
 def build_tiny(out_dir: Path, params: Params, corpus_csvs: Iterable[Path]) -> Path:
-    """Build tokenizer + processor + model and save them (safetensors) to ``out_dir``."""
-    tokenizer = train_tokenizer(corpus_from_csvs(corpus_csvs), params.model.tiny.vocab_size)
+    """Build tokenizer + processor + model, let the model practise reading option lists, and save them
+    (safetensors) to ``out_dir``."""
+    corpus_csvs = list(corpus_csvs)
+    corpus = corpus_from_csvs(corpus_csvs)
+    tokenizer = train_tokenizer(corpus, params.model.tiny.vocab_size)
     processor = build_processor(tokenizer, params.video)
     model = build_model(tokenizer, params.model.tiny, params.seed)
+    drills = reading_drills(model, tokenizer, option_lists_from_csvs(corpus_csvs), drill_words(corpus),
+                            params.model.tiny.reading_drill_steps, params.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "reading_drills.json").write_text(json.dumps(drills, indent=2) + "\n")
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     n = sum(p.numel() for p in model.parameters())

@@ -414,6 +414,7 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
     conversational prompt (system + task prompt, no completion), the video reference, and the ground
     truth columns the rewards read. The teacher's trace columns are dropped (``TEACHER_COLUMNS``)."""
     from srvau.contract.prompts import system_prompt
+    from srvau.cot.dataset import is_rotated
     from srvau.training.common import resolve_frames_path
 
     out: dict[str, dict[str, Any]] = {}
@@ -421,7 +422,9 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
         if r.get("task") not in cfg.tasks or r.get("split", "train") != "train":
             continue
         sid = r.get("sample_id") or f"{r.get('video_id')}:{r['task']}"
-        if sid in out:
+        # each question once, in its annotated order: the rotations are SFT's reading practice, and
+        # four copies would make QA two thirds of GRPO's prompts (docs/demo-results.md)
+        if sid in out or is_rotated(sid):
             continue
         if is_missing(r.get("frames_path")):
             raise ValueError(f"RoCoT sample {sid} has no frames_path: its video was not ingested")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from srvau.contract.prompts import option_choice, option_key_word
 from srvau.contract.trace import (
     extract_class,
     extract_interval,
@@ -183,3 +184,16 @@ def test_extract_class(text, expected):
 def test_extract_class_reflection_passes():
     trace = render_trace("looks calm", "Normal", "smoke appears later", "flames", "Fire")
     assert extract_class(trace) == "Fire" and extract_class(trace, "first") == "Normal"
+
+
+@pytest.mark.parametrize("option, key", [
+    ("Orange flames break out at the bottom of the scene", "Orange"),
+    ("A man steals a bicycle", "man"),
+    ("The car, crashing", "car"),
+    ('"Smoke" rises', "Smoke"),
+    ("", ""),
+    ("the", ""),
+])
+def test_an_option_is_named_by_its_first_word_that_is_not_an_article(option, key):
+    assert option_key_word(option) == key
+    assert option_choice(option, "C") == f"{key or 'option'} C fits"

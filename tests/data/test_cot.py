@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from srvau.config import load_params
 from srvau.contract import trace as fmt
+from srvau.contract.prompts import option_key_word
 from srvau.contract.scoring import content_words
 from srvau.cot.builder import ManifestError, build_rocot
 from srvau.cot.dataset import COLUMNS, SPLITS, load_all, load_rocot
@@ -62,7 +63,9 @@ def _expected_tasks(row) -> list[str]:
 
 def test_dataset_has_every_sample_split_and_a_card(built, manifest, params):
     out, result, df = built
-    expected = {f"{r['video_id']}:{t}" for _, r in manifest.iterrows() for t in _expected_tasks(r)}
+    orders = ["", "@1", "@2", "@3"][: params.cot.qa_option_orders]
+    expected = {f"{r['video_id']}:{t}{o}" for _, r in manifest.iterrows() for t in _expected_tasks(r)
+                for o in (orders if t == "qa" and r["split"] == "train" else [""])}
     assert set(df["sample_id"]) == expected
     assert df["sample_id"].is_unique
     assert sum(result.quarantined.values()) == 0 and sum(result.filter.dropped.values()) == 0
@@ -150,8 +153,45 @@ def test_flawed_and_right_first_passes_share_one_template(built):
     qa = df[df["task"] == "qa"]
     wrong = [fmt.parse_trace(c).first_think for c in qa[~qa["first_correct"]]["completion"]]
     right = [fmt.parse_trace(c).first_think for c in qa[qa["first_correct"]]["completion"]]
-    pattern = re.compile(r"^At first glance: .+; option [A-D] fits\.$")
+    pattern = re.compile(r"^At first glance: .+; \S+ [A-D] fits\.$")
     assert wrong and right and all(pattern.match(t) for t in wrong + right)
+
+
+def _options(prompt: str) -> dict[str, str]:
+    return {line[0]: line[3:] for line in prompt.splitlines() if re.match(r"^[A-D]\. ", line)}
+
+
+def test_qa_passes_name_their_option_by_its_key_word_just_before_the_letter(built):
+    """"...; Orange B fits.": the word before the letter is the one that starts option B in this prompt,
+    so the letter is read off the options, whichever pass (right or wrong) chooses it."""
+    _, _, df = built
+    qa = df[df["task"] == "qa"]
+    assert len(qa) and (~qa["first_correct"]).any()
+    for _, r in qa.iterrows():
+        options = _options(r["prompt"])
+        tr = fmt.parse_trace(r["completion"])
+        for think, answer in ((tr.first_think, tr.first_answer), (tr.final_think, tr.final_answer)):
+            key, letter = re.search(r"; (\S+) ([A-D]) fits\.$", think).groups()
+            assert letter == answer.strip() and key == option_key_word(options[letter]), (think, options)
+        assert tr.final_answer.strip() == r["answer"]
+
+
+def test_train_qa_comes_in_every_option_order_and_val_test_in_the_annotated_one(built, manifest, params):
+    """Train QA is repeated with its options rotated, the correct letter moving with its option; val and
+    test keep the annotation's order, so evaluation is untouched."""
+    assert params.cot.qa_option_orders == 4
+    _, _, df = built
+    qa = df[df["task"] == "qa"].assign(video=lambda d: d["sample_id"].str.split(":").str[0])
+    truth = manifest.set_index("video_id")
+    for video, g in qa.groupby("video"):
+        m = truth.loc[video]
+        correct_text = m[f"option_{m['correct_option'].lower()}"]
+        n = params.cot.qa_option_orders if m["split"] == "train" else 1
+        assert len(g) == n, (video, list(g["sample_id"]))
+        assert sorted(g["answer"]) == sorted("ABCD"[("ABCD".index(m["correct_option"]) + r) % 4] for r in range(n))
+        for _, r in g.iterrows():
+            assert _options(r["prompt"])[r["answer"]] == correct_text
+            assert sorted(_options(r["prompt"]).values()) == sorted(m[f"option_{x}"] for x in "abcd")
 
 
 def test_random_flaws_keep_the_planned_share(params, ingest_dir, tmp_path):
@@ -278,7 +318,9 @@ def test_policy_teacher_keeps_the_policy_first_pass_and_corrects_it(tmp_path, pa
     res = build_rocot(sub_path, tmp_path / "policy", p)
     df = load_all(tmp_path / "policy")
     assert set(df["teacher"]) == {"policy+annotation"}
-    assert res.filter.total == sum(len(_expected_tasks(r)) - ("description" in _expected_tasks(r)) for _, r in sub.iterrows())
+    orders = p.cot.qa_option_orders  # train QA comes in every option order
+    assert res.filter.total == sum(len(_expected_tasks(r)) - ("description" in _expected_tasks(r))
+                                   + (orders - 1) * ("qa" in _expected_tasks(r)) for _, r in sub.iterrows())
     # a random tiny model writes garbage: its first passes are kept as written (not a template) and
     # judged; the annotation teacher's reflection and revision make every kept final answer right
     assert (~df["first_correct"]).sum() >= len(df) // 2

@@ -130,6 +130,16 @@ def test_rows_are_prompts_with_video_and_ground_truth(grpo_rows, gparams):
         assert r["answer"]
 
 
+def test_grpo_asks_each_question_once_in_its_annotated_order(rocot_dir, grpo_rows, gparams):
+    """SFT reads train QA in every option order (cot.qa_option_orders); GRPO samples each question once."""
+    from srvau.training.sft import load_split
+
+    train = load_split(rocot_dir, "train").to_list()
+    assert gparams.cot.qa_option_orders > 1 and any("@" in r["sample_id"] for r in train)
+    qa = [r for r in grpo_rows if r["task"] == "qa"]
+    assert sorted(r["sample_id"] for r in qa) == sorted(r["sample_id"] for r in train if r["task"] == "qa" and "@" not in r["sample_id"])
+
+
 def test_video_logprobs_match_a_plain_forward(tiny_model_dir, grpo_rows, gparams, tmp_path):
     """Rollout -> reference log-probs equal a plain processor->model forward; the loss forward sees the
     same inputs (KL against the identical reference is 0); and dropping the video or mm_token_type_ids

@@ -81,3 +81,70 @@ def test_loader_rejects_non_checkpoints(tmp_path, params):
         load_model(tmp_path / "empty", params.model)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "missing", params.model)
+
+
+# ----------------------------------------------------------------------------- reading drills
+
+
+@pytest.fixture(scope="module")
+def drill_material(demo_dir):
+    from srvau.modeling.tiny import corpus_from_csvs, drill_words, option_lists_from_csvs
+
+    csvs = sorted(demo_dir.glob("*.csv"))
+    return option_lists_from_csvs(csvs), drill_words(corpus_from_csvs(csvs))
+
+
+def test_a_drill_asks_for_the_letter_its_key_word_names_then_copies_it_into_the_answer(loaded, drill_material):
+    from srvau.contract.prompts import option_key_word
+    from srvau.modeling.tiny import _drill
+
+    _, proc = loaded
+    tok = proc.tokenizer
+    lists, words = drill_material
+    rng = np.random.default_rng(0)
+    drills = [d for d in (_drill(tok, lists, words, rng) for _ in range(64)) if d is not None]
+    assert len(drills) > 32
+    letters_seen = set()
+    for ids, (look_up, copy) in drills:
+        text = tok.decode(ids)
+        options = {line[0]: line[3:] for line in text.splitlines() if line[:1] in "ABCD" and line[1:3] == ". "}
+        letter = tok.decode(ids[look_up]).strip()
+        key = tok.decode(ids[:look_up]).rsplit("; ", 1)[1].strip()
+        assert key == option_key_word(options[letter]), (key, options)
+        assert tok.decode(ids[copy]) == letter and tok.decode(ids[: copy]).endswith("<answer>")
+        assert not any(w in key for w in ("<", ">"))
+        letters_seen.add(letter)
+    assert letters_seen == set("ABCD")
+
+
+def test_reading_drills_train_attention_and_the_output_layer_only(tiny_model_dir, params, drill_material):
+    from srvau.modeling.tiny import is_drilled, reading_drills
+
+    model = load_model(tiny_model_dir, params.model)
+    tok = load_processor(tiny_model_dir, params.model).tokenizer
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert reading_drills(model, tok, *drill_material, steps=0, seed=0) == {"steps": 0}
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    report = reading_drills(model, tok, *drill_material, steps=3, seed=0, batch_size=4)
+    assert report["steps"] == 3 and 0 <= report["held_out_accuracy_after"] <= 1
+    drilled = {n for n, _ in model.named_parameters() if is_drilled(n)}
+    assert any(".self_attn." in n for n in drilled) and "lm_head.weight" in drilled
+    assert not any(".visual." in f".{n}" or ".mlp." in n or "embed_tokens" in n for n in drilled)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) == (n not in drilled), n
+
+
+@pytest.mark.slow
+def test_reading_drills_teach_the_look_up_the_demo_needs(params, demo_dir, tmp_path):
+    """The demo's setting (model.tiny.reading_drill_steps) takes the held-out look-up from chance to most
+    drills right: what lets the tiny model answer multiple choice at all (docs/demo-results.md)."""
+    import json
+
+    from srvau.config import load_params
+    from srvau.modeling.tiny import build_tiny
+
+    demo = load_params()
+    p = params.model_copy(update={"model": params.model.model_copy(update={"tiny": demo.model.tiny})})
+    report = json.loads((build_tiny(tmp_path / "base", p, sorted(demo_dir.glob("*.csv"))) / "reading_drills.json").read_text())
+    assert report["steps"] == demo.model.tiny.reading_drill_steps > 0
+    assert report["held_out_accuracy_before"] < 0.4 and report["held_out_accuracy_after"] >= 0.8, report
