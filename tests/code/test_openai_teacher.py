@@ -151,7 +151,8 @@ def subset(tmp_path_factory, ingest_dir) -> tuple[Path, pd.DataFrame]:
 
 def _params(params, url: str, cache: Path, **openai):
     data = params.model_dump(by_alias=True)
-    data["cot"].update(teacher="openai", tasks=["qa", "grounding"])
+    # one sample per (video, task), as the paper recipe writes them: the server answers by sample id
+    data["cot"].update(teacher="openai", tasks=["qa", "grounding"], qa_option_orders=1)
     data["cot"]["openai"].update({"base_url": url, "cache_dir": str(cache), "timeout_s": 0.4, "max_retries": 2,
                                   "backoff_s": 0.01, "concurrency": 4, "frames": 3,
                                   "api_key_env": "SRVAU_TEST_TEACHER_KEY", **openai})
