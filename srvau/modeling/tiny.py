@@ -1,4 +1,4 @@
-"""The offline demo model: a tiny, randomly initialised Qwen2.5-VL built from arguments.
+"""The offline demo model: a tiny Qwen2.5-VL built from arguments, its language model drilled to read options.
 
 Nothing is downloaded. The tokenizer is a byte-level BPE trained here on the demo texts with the
 Qwen2 pre-tokeniser, wrapped in the real ``Qwen2Tokenizer``; the processor is the real
@@ -9,7 +9,8 @@ Departures from a Hub checkpoint:
 - the reflection tags are added as single tokens. A 1M-parameter model learns the trace structure far
   faster when ``<reflection>`` is one token instead of five; for the Hub models we leave the vocabulary
   alone (see ``srvau.modeling.loading``), where the tags tokenise fine.
-- before it is saved, the language model practises reading option lists (``reading_drills``), text only.
+- before it is saved, the language model's attention and output layer practise reading option lists
+  (``reading_drills``), text only.
   A pretrained base can find the option that names something and read its letter; a random 2-layer
   model learns that only after a few hundred steps of practice, far more QA samples than the demo has
   (docs/demo-results.md). The drills never see a video, a correct option or a label.
@@ -175,9 +176,8 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
     """Every text field of VAU-Bench-format CSVs: what the tokenizer must cover."""
     import pandas as pd
 
-    from srvau.contract.vocab import CLASSES
-
     from srvau.contract.prompts import task_prompt
+    from srvau.contract.vocab import CLASSES
 
     texts: list[str] = list(CLASSES)
     for path in csvs:
@@ -186,29 +186,29 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
             if col not in ("Start Time", "End Time"):
                 texts.extend(df[col].tolist())
         # the QA prompt as the model reads it, so an option's words split there as they do in a trace
-        if {"Question", "Option 1", "Option 2", "Option 3", "Option 4"} <= set(df.columns):
-            texts.extend(task_prompt("qa", {"question": q, "option_a": a, "option_b": b, "option_c": c, "option_d": d})
-                         for q, a, b, c, d in df[["Question", "Option 1", "Option 2", "Option 3", "Option 4"]].itertuples(index=False))
+        texts += [task_prompt("qa", {"question": q, **dict(zip(OPTION_KEYS, options))})
+                  for q, options in option_lists_from_csvs([path])]
     # Times, letters and the task vocabulary appear in prompts/answers even if absent from CSVs.
     texts += [f"[{a}.{b}, {a + 1}.{b}]" for a in range(100) for b in range(10)]
     texts += ["A B C D", "Anomaly Normal", "The anomaly happens between seconds", "Options: (A) (B) (C) (D)"]
     return texts
 
 
+OPTION_KEYS = ("option_a", "option_b", "option_c", "option_d")
+
+
 def option_lists_from_csvs(csvs: Iterable[Path]) -> list[tuple[str, list[str]]]:
-    """(question, its four options) of every row that has four options: the drills' reading material.
-    Which option is correct is never read."""
-    import pandas as pd
+    """(question, its four options) of every row with a QA block, read by the VAU-Bench importer (so
+    ``-1`` QA fields and rejected rows are left out): the drills' reading material. Which option is
+    correct is never used."""
+    from srvau.data.vau_bench import read_vau_bench
 
     lists = []
     for path in csvs:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        cols = [f"Option {i}" for i in range(1, 5)]
-        if "Question" not in df.columns or not set(cols) <= set(df.columns):
-            continue
-        for q, *opts in df[["Question", *cols]].itertuples(index=False):
-            if all(o.strip() for o in opts):
-                lists.append((q, list(opts)))
+        rows = read_vau_bench(path, split="train").rows  # the split only labels rows; nothing reads it
+        if len(rows):
+            for r in rows[rows["has_qa"]].to_dict("records"):
+                lists.append((r["question"], [r[k] for k in OPTION_KEYS]))
     return lists
 
 
@@ -234,7 +234,7 @@ def _drill(tokenizer, lists: list[tuple[str, list[str]]], words: list[str], rng)
         return None
     k = int(rng.integers(4))
     letter = LETTERS[k]
-    row = {"question": question, **{f"option_{x.lower()}": o for x, o in zip(LETTERS, options)}}
+    row = {"question": question, **dict(zip(OPTION_KEYS, options))}
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": task_prompt("qa", row)}]}],
                                            tokenize=False, add_generation_prompt=True)
     filler = " ".join(words[i] for i in rng.integers(len(words), size=int(rng.integers(3, 16))))

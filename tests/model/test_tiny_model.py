@@ -148,3 +148,22 @@ def test_reading_drills_teach_the_look_up_the_demo_needs(params, demo_dir, tmp_p
     report = json.loads((build_tiny(tmp_path / "base", p, sorted(demo_dir.glob("*.csv"))) / "reading_drills.json").read_text())
     assert report["steps"] == demo.model.tiny.reading_drill_steps > 0
     assert report["held_out_accuracy_before"] < 0.4 and report["held_out_accuracy_after"] >= 0.8, report
+
+
+def test_drill_material_comes_through_the_vau_bench_importer(vau_bench_dir, tmp_path):
+    """Real VAU-Bench CSVs: every row with a QA block becomes an option list, a row whose QA fields are
+    -1 (as test_ucf_crime.csv has) does not, and a CSV record spanning lines is one list."""
+    import pandas as pd
+
+    from srvau.data.vau_bench import read_vau_bench
+    from srvau.modeling.tiny import option_lists_from_csvs
+
+    real = sorted(vau_bench_dir.glob("*.csv"))
+    lists = option_lists_from_csvs(real)
+    assert len(lists) == sum(int(read_vau_bench(p, split="val").rows["has_qa"].sum()) for p in real) > 100
+    assert all(len(opts) == 4 and all(o and o != "-1" for o in opts) for _, opts in lists)
+    df = pd.read_csv(real[0], dtype=str, keep_default_na=False).head(3)
+    df.loc[1, ["Question", "Option 1", "Option 2", "Option 3", "Option 4", "Correct Option"]] = "-1"
+    df.to_csv(tmp_path / "test_ucf_crime.csv", index=False)
+    questions = [q for q, _ in option_lists_from_csvs([tmp_path / "test_ucf_crime.csv"])]
+    assert questions == [df.loc[0, "Question"], df.loc[2, "Question"]]
