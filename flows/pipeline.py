@@ -17,7 +17,8 @@ failed and the tail of its error.
 The DVC remote is a convenience, not a requirement: a stage that is up to date locally never
 touches it; for a stale one the flow asks the remote once (one bounded request) and runs
 ``dvc repro --pull`` (restore instead of recompute) when it answers, plain ``dvc repro`` with a
-warning when it does not. A failed ``dvc push`` at the end is a warning too (``push`` and
+warning when it does not, and plain ``dvc repro`` for a stage that lacks an uncached output (there is
+nothing to pull for it; :func:`stage_state`). A failed ``dvc push`` at the end is a warning too (``push`` and
 ``warnings`` in the flow's result, the ``srvau.dvc_push`` tag in MLflow): the work is done and stays
 in the local DVC cache for a later push.
 
@@ -105,18 +106,30 @@ def _dvc_error(proc: subprocess.CompletedProcess) -> str:
     return (errors or lines or [f"exit {proc.returncode}"])[-1][:300]
 
 
-def stage_is_up_to_date(stage: str) -> bool:
-    """What ``dvc status <stage>`` says, against the workspace and local cache only, asked through
-    DVC's Python API: the flow imports DVC once instead of starting a ``dvc`` process per stage
-    (~1.5 s each). An error counts as stale, as a failed ``dvc status`` did."""
+def stage_state(stage: str) -> tuple[bool, bool]:
+    """(up to date, restorable). *Up to date* is what ``dvc status <stage>`` says, against the
+    workspace and local cache only, asked through DVC's Python API: the flow imports DVC once instead
+    of starting a ``dvc`` process per stage (~1.5 s each). *Restorable*: no output the stage lacks is
+    ``cache: false``, so ``dvc repro --pull`` can bring back everything it would skip.
+
+    ``repro --pull`` skips a stage whose deps match its lock once it has pulled the outputs, but
+    there is nothing to pull for an uncached output: with a lock committed from an earlier run, a
+    fresh clone skipped ``validate`` (its report is uncached) and ``sft`` failed on the missing
+    report. A stage that is not restorable is run. An error counts as stale and not restorable, as a
+    failed ``dvc status`` did."""
     from dvc.repo import Repo
 
     try:
         with Repo(str(ROOT)) as repo:  # a fresh Repo: the previous stage rewrote dvc.lock
-            return not repo.status(targets=[stage])
+            if not repo.status(targets=[stage]):
+                return True, True
+            lost = [str(o) for s in repo.stage.collect(stage) for o in s.outs if not o.use_cache and not o.exists]
     except Exception as e:
         get_run_logger().warning("dvc status %s failed, counting it stale: %s", stage, e)
-        return False
+        return False, False
+    if lost:
+        get_run_logger().info("%s: not restorable from the remote (%s not cached): it runs", stage, ", ".join(lost))
+    return False, not lost
 
 
 # One request to the default remote. DVC's own commands retry a dead S3 endpoint per object (s3fs
@@ -307,9 +320,9 @@ def pipeline(recipe: str | None = None, stages: list[str] | None = None, push: b
         mlflow.set_tags({"srvau.stages": ",".join(todo)})
         mlflow.log_params(safe_params(params))
         for stage in todo:
-            up_to_date = stage_is_up_to_date(stage)
+            up_to_date, restorable = stage_state(stage)
             # An up-to-date stage needs nothing from the remote: never ask it.
-            pull = not up_to_date and remote.usable(warnings)
+            pull = not up_to_date and restorable and remote.usable(warnings)
             try:
                 run_stage(stage, run.info.run_id, pull)
             except Exception as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,26 @@ def test_second_run_skips_fresh_stages_and_reruns_stale_ones(project, prefect_ap
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert model.stat().st_mtime_ns != before
     assert (project / "data/demo/train.csv").stat().st_mtime_ns == csv_before
+
+
+def test_a_stage_whose_uncached_output_is_missing_runs_instead_of_being_pulled(project, prefect_api):
+    """A fresh clone of a commit whose dvc.lock matches what its stages reproduce: `validate`'s report
+    is `cache: false`, so `dvc repro --pull` finds nothing to pull, counts the stage restored and skips
+    it, and `sft` then fails on the missing report. The flow runs such a stage instead."""
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    p["validate"].update(min_train_anomaly_intervals=1)  # 4 training videos
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = run_flow(project, "synth", "build_tiny", "ingest", "cot", "validate")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = project / "reports/validation"
+    shutil.rmtree(report)  # what a fresh clone lacks; its deps match dvc.lock
+    assert any((project / ".dvcstore").rglob("*"))  # the remote answers: a stale stage would be pulled
+    proc = run_flow(project, "validate")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report.is_dir() and any(report.iterdir())
+    assert "not restorable from the remote (reports/validation not cached)" in proc.stdout + proc.stderr
+    (parent, children), *_ = pipeline_runs(project)
+    assert "srvau.up_to_date" not in one_child_per_stage(children)["validate"].data.tags  # it ran
 
 
 def test_a_failing_stage_fails_the_flow_and_publishes_what_failed(project, prefect_api):
