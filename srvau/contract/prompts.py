@@ -31,6 +31,18 @@ def options_text(row: Mapping[str, Any]) -> str:
     return "\n".join(f"{letter}. {row[f'option_{letter.lower()}']}" for letter in "ABCD")
 
 
+def qa_prompt_parts(prompt: str) -> tuple[str, list[str]] | None:
+    """The question and four options of a QA prompt written by :func:`task_prompt` (the inverse of its
+    ``qa`` branch); None for any other text."""
+    lines = str(prompt).split("\n")
+    if len(lines) < 6 or lines[-1] != "Answer with the option's letter.":
+        return None
+    options = lines[-5:-1]
+    if not all(o.startswith(f"{letter}. ") for letter, o in zip("ABCD", options)):
+        return None
+    return "\n".join(lines[:-5]), [o[3:] for o in options]
+
+
 _ARTICLES = {"a", "an", "the"}
 
 

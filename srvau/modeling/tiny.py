@@ -25,7 +25,7 @@ from typing import Iterable
 
 from srvau.compat import ensure_torchvision
 from srvau.config import Params, TinyModelConfig, VideoConfig
-from srvau.contract.vocab import LETTERS
+from srvau.modeling.drills import OPTION_KEYS, drill_batch, drill_words, drillable
 from srvau.progress import progress
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,6 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
     return texts
 
 
-OPTION_KEYS = ("option_a", "option_b", "option_c", "option_d")
-
 
 def option_lists_from_csvs(csvs: Iterable[Path]) -> list[tuple[str, list[str]]]:
     """(question, its four options) of every row with a QA block, read by the VAU-Bench importer (so
@@ -210,45 +208,6 @@ def option_lists_from_csvs(csvs: Iterable[Path]) -> list[tuple[str, list[str]]]:
             for r in rows[rows["has_qa"]].to_dict("records"):
                 lists.append((r["question"], [r[k] for k in OPTION_KEYS]))
     return lists
-
-
-def drill_words(texts: Iterable[str]) -> list[str]:
-    """The words (case and punctuation kept) the drills write before a key word: any text of the corpus,
-    so the look-up does not come to depend on what precedes it. Times and numbers are left out."""
-    return sorted({w for t in texts for w in str(t).split() if not any(c.isdigit() for c in w)})
-
-
-def _drill(tokenizer, lists: list[tuple[str, list[str]]], words: list[str], rng) -> tuple[list[int], list[int]] | None:
-    """One drill: a QA prompt with a list's options in a random order, then a pass that writes random
-    words, names one option by its key word and answers with its letter. Returns the token ids and the
-    positions of the two letters (the only tokens with a loss: the look-up, then the copy into the
-    answer), or None when the drawn list's options do not have distinct key words. The random words come
-    from any text, so only the key word tells which option is meant."""
-    from srvau.contract.prompts import option_choice, option_key_word, task_prompt
-    from srvau.contract.trace import render_pass
-
-    question, options = lists[int(rng.integers(len(lists)))]
-    options = [options[i] for i in rng.permutation(4)]
-    keys = [option_key_word(o) for o in options]
-    if "" in keys or len(set(keys)) < 4:
-        return None
-    k = int(rng.integers(4))
-    letter = LETTERS[k]
-    row = {"question": question, **dict(zip(OPTION_KEYS, options))}
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": task_prompt("qa", row)}]}],
-                                           tokenize=False, add_generation_prompt=True)
-    filler = " ".join(words[i] for i in rng.integers(len(words), size=int(rng.integers(3, 16))))
-    choice = option_choice(options[k], letter)
-    text = render_pass(f"{filler}; {choice}.", letter)
-    head = text[: text.rindex(choice) + len(keys[k])]  # up to the key word (the filler may hold letters too)
-    before = tokenizer(prompt + head)["input_ids"]
-    ids = tokenizer(prompt + text)["input_ids"]
-    target = tokenizer.convert_tokens_to_ids([f"Ġ{letter}", letter])
-    look_up = len(before)
-    if ids[look_up] != target[0]:
-        return None  # the tokenizer merged the letter with its neighbours: not a clean drill
-    copy = max(i for i, t in enumerate(ids) if t == target[1])
-    return ids, [look_up, copy]
 
 
 def is_drilled(name: str) -> bool:
@@ -270,29 +229,16 @@ def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: 
     held_out = np.random.default_rng(seed + 1)
 
     def batch(gen, n):
-        rows = []
-        while len(rows) < n:
-            d = _drill(tokenizer, lists, words, gen)
-            if d is not None:
-                rows.append(d)
-        width = max(len(ids) for ids, _ in rows)
-        pad = tokenizer.pad_token_id
-        ids = torch.full((n, width), pad)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        labels = torch.full((n, width), -100)
-        for i, (x, at) in enumerate(rows):
-            ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
-            labels[i, at] = torch.tensor([x[j] for j in at])
-        return ids, mask, labels
+        return drill_batch(tokenizer, lists, words, gen, n)
 
     def accuracy(data) -> float:
         model.eval()
         ok = n = 0
         with torch.no_grad():
-            for ids, mask, labels in data:
-                pred = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
-                tgt, sel = labels[:, 1:], labels[:, 1:] != -100
+            for b in data:
+                pred = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].argmax(-1)
+                tgt = b["labels"][:, 1:]
+                sel = tgt != -100
                 ok += int((pred[sel] == tgt[sel]).sum())
                 n += int(sel.sum())
         model.train()
@@ -300,8 +246,7 @@ def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: 
 
     if steps <= 0:
         return {"steps": 0}
-    probe = np.random.default_rng(seed)
-    if not lists or all(_drill(tokenizer, lists, words, probe) is None for _ in range(256)):
+    if not drillable(tokenizer, lists, words, seed):
         log.warning("reading drills skipped: no option list with four distinct key words")
         return {"steps": 0}
     evaluation = [batch(held_out, 64) for _ in range(4)]
@@ -312,8 +257,7 @@ def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     model.train()
     for step in progress(range(steps), desc="reading drills", total=steps):
-        ids, mask, labels = batch(rng, batch_size)
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        model(**batch(rng, batch_size)).loss.backward()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

@@ -205,6 +205,63 @@ def sft_args(params: Params, ckpt_dir: Path, bf16: bool = False):
     )
 
 
+class DrillReplay:
+    """Reading drills (``srvau.modeling.drills``) made from the training QA prompts, one batch
+    per call: the questions and options the model is trained on, in a random order, a pass of random
+    words from the training traces naming one option by its key word, and its letter. Text only; the
+    loss is on the letters, and nothing in it says which option is correct.
+
+    SFT updates every language-model weight for a thousand steps, and the option look-up the tiny base
+    was drilled in is one token in each QA trace: at some seeds it did not survive (docs/demo-results.md).
+    Replaying the drills beside the video batches is rehearsal, as mixing pre-training data into
+    fine-tuning is."""
+
+    def __init__(self, tokenizer, prompts: list[str], completions: list[str], per_step: int, seed: int):
+        import numpy as np
+
+        from srvau.contract.prompts import qa_prompt_parts
+        from srvau.modeling.drills import drill_words, drillable
+
+        self.tokenizer, self.per_step = tokenizer, per_step
+        self.lists = [parts for parts in map(qa_prompt_parts, prompts) if parts]
+        self.words = drill_words(completions)
+        self.rng = np.random.default_rng(seed)
+        self.usable = drillable(tokenizer, self.lists, self.words, seed)
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        from srvau.modeling.drills import drill_batch
+
+        return drill_batch(self.tokenizer, self.lists, self.words, self.rng, self.per_step)
+
+
+def _replaying_trainer(base: type):
+    """``base`` (TRL's SFTTrainer) whose training loss adds the loss of one :class:`DrillReplay` batch."""
+
+    class ReplayingSFTTrainer(base):
+        def __init__(self, *args, drill_replay: DrillReplay, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.drill_replay = drill_replay
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            if not model.training:
+                return result
+            drills = {k: v.to(self.args.device) for k, v in self.drill_replay().items()}
+            # A drill letter weighs what a trace token weighs: the drills' mean loss times their share of
+            # the batch's target tokens (a mean over two letters per drill would outweigh the traces'
+            # tokens ~15 times and undo what SFT learns from the video: val cls 66.7 -> 20.8, mIoU 30 -> 0).
+            # The video loss is divided across accumulation steps already; the drills' is not.
+            letters = (drills["labels"] != -100).sum()
+            tokens = (inputs["labels"][..., 1:] != -100).sum().clamp(min=1)
+            extra = model(**drills).loss * letters / tokens / self.args.gradient_accumulation_steps
+            if return_outputs:
+                return result[0] + extra, result[1]
+            return result + extra
+
+    return ReplayingSFTTrainer
+
+
 def build_trainer(
     dataset,
     base_model: str | Path,
@@ -238,7 +295,15 @@ def build_trainer(
         max_length=s.max_length,
         chat_template=training_chat_template(processor),
     )
-    trainer = SFTTrainer(
+    replay = None
+    if s.drill_replay:
+        qa = dataset.filter(lambda task: task == "qa", input_columns="task")
+        replay = DrillReplay(processor.tokenizer, qa["prompt"], dataset["completion"], s.drill_replay, params.seed)
+        if not replay.usable:
+            log.warning("sft.drill_replay: no training QA prompt yields a drill (four distinct key words); none replayed")
+            replay = None
+    extra = {"drill_replay": replay} if replay else {}
+    trainer = (_replaying_trainer(SFTTrainer) if replay else SFTTrainer)(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -246,7 +311,10 @@ def build_trainer(
         processing_class=processor,
         peft_config=peft_config,
         callbacks=[MlflowStepCallback("sft"), checkpoints.SaveLastStep()],
+        **extra,
     )
+    if replay:
+        log.info("SFT replays %d reading drills per step from %d training QA prompts", s.drill_replay, len(replay.lists))
     log.info("SFT: %s", trainable_parameters(trainer.model))
     return trainer
 

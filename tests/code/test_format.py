@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from srvau.contract.prompts import option_choice, option_key_word
+from srvau.contract.prompts import option_choice, option_key_word, qa_prompt_parts, task_prompt
 from srvau.contract.trace import (
     extract_class,
     extract_interval,
@@ -197,3 +197,12 @@ def test_extract_class_reflection_passes():
 def test_an_option_is_named_by_its_first_word_that_is_not_an_article(option, key):
     assert option_key_word(option) == key
     assert option_choice(option, "C") == f"{key or 'option'} C fits"
+
+
+def test_a_qa_prompt_gives_back_its_question_and_options():
+    row = {"question": "What happens?\nLook closely.", "option_a": "Orange flames", "option_b": "A. man runs",
+           "option_c": "Cars crash", "option_d": "Nothing"}
+    assert qa_prompt_parts(task_prompt("qa", row)) == ("What happens?\nLook closely.",
+                                                        ["Orange flames", "A. man runs", "Cars crash", "Nothing"])
+    assert qa_prompt_parts(task_prompt("grounding", row)) is None
+    assert qa_prompt_parts(task_prompt("qa", row).replace("\nC. ", "\nE. ")) is None

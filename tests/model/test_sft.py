@@ -260,6 +260,40 @@ def test_training_changes_every_trainable_parameter(rocot_dir, tiny_model_dir, p
     assert losses and all(math.isfinite(x) for x in losses)
 
 
+def test_drill_replay_adds_the_loss_of_drills_made_from_the_training_qa_prompts(rocot_dir, tiny_model_dir, params,
+                                                                                  tmp_path):
+    """With ``sft.drill_replay`` each training loss is the video batch's plus that of a batch of reading
+    drills, whose option lists are the training QA prompts' and whose loss is on two letters each."""
+    import torch
+    from trl import SFTTrainer
+
+    from srvau.contract.prompts import qa_prompt_parts
+    from srvau.training.sft import build_trainer
+
+    rows = _train_rows(rocot_dir)
+    p = _params(params, **{"sft.drill_replay": 3, "sft.max_steps": 2, "sft.save_steps": 100})
+    trainer = build_trainer(rows, str(tiny_model_dir), tmp_path / "ckpt", p)
+    replay = trainer.drill_replay
+    qa = [qa_prompt_parts(r["prompt"]) for r in rows if r["task"] == "qa"]
+    assert replay.lists and all(parts in qa for parts in replay.lists)
+    assert all(qa_prompt_parts(r["prompt"]) is None for r in rows if r["task"] != "qa")
+
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model = trainer.model.train()
+    drawn = replay.rng.bit_generator.state
+    with torch.no_grad():
+        total = trainer.compute_loss(model, batch)
+        replay.rng.bit_generator.state = drawn  # the same drills again
+        drills = replay()
+        video = SFTTrainer.compute_loss(trainer, model, batch)
+        drill = model(**drills).loss
+    assert ((drills["labels"] != -100).sum(dim=1) == 2).all()  # the look-up and the copy
+    tokens = (batch["labels"][..., 1:] != -100).sum()
+    assert drill > 0 and torch.allclose(total, video + drill * 3 * 2 / tokens)  # a letter weighs what a token weighs
+    assert not hasattr(build_trainer(rows, str(tiny_model_dir), tmp_path / "off", _params(params, **{"sft.drill_replay": 0})),
+                       "drill_replay")
+
+
 def test_sft_stage_outputs_merge_and_mlflow(rocot_dir, tiny_model_dir, params, tmp_path):
     import mlflow
     import torch

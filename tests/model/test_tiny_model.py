@@ -88,7 +88,8 @@ def test_loader_rejects_non_checkpoints(tmp_path, params):
 
 @pytest.fixture(scope="module")
 def drill_material(demo_dir):
-    from srvau.modeling.tiny import corpus_from_csvs, drill_words, option_lists_from_csvs
+    from srvau.modeling.drills import drill_words
+    from srvau.modeling.tiny import corpus_from_csvs, option_lists_from_csvs
 
     csvs = sorted(demo_dir.glob("*.csv"))
     return option_lists_from_csvs(csvs), drill_words(corpus_from_csvs(csvs))
@@ -96,7 +97,7 @@ def drill_material(demo_dir):
 
 def test_a_drill_asks_for_the_letter_its_key_word_names_then_copies_it_into_the_answer(loaded, drill_material):
     from srvau.contract.prompts import option_key_word
-    from srvau.modeling.tiny import _drill
+    from srvau.modeling.drills import _drill
 
     _, proc = loaded
     tok = proc.tokenizer
