@@ -254,7 +254,10 @@ def _replaying_trainer(base: type):
             # The video loss is divided across accumulation steps already; the drills' is not.
             letters = (drills["labels"] != -100).sum()
             tokens = (inputs["labels"][..., 1:] != -100).sum().clamp(min=1)
-            extra = model(**drills).loss * letters / tokens / self.args.gradient_accumulation_steps
+            # through the bare model: DDP allows one forward of its wrapper per backward; the drills' gradient
+            # joins the video batch's in that one backward and is averaged across ranks with it
+            bare = self.accelerator.unwrap_model(model)
+            extra = bare(**drills).loss * letters / tokens / self.args.gradient_accumulation_steps
             if return_outputs:
                 return result[0] + extra, result[1]
             return result + extra

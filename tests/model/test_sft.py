@@ -294,6 +294,25 @@ def test_drill_replay_adds_the_loss_of_drills_made_from_the_training_qa_prompts(
                        "drill_replay")
 
 
+def test_drill_replay_trains_on_two_gloo_ranks(rocot_dir, tiny_model_dir, params, tmp_path):
+    """Regression: the drills' forward through the DDP wrapper, a second one before the backward, failed
+    ("Expected to mark a variable ready only once")."""
+    sets = {"sft.drill_replay": 2, "sft.max_steps": 2, "sft.save_steps": 100, "sft.per_device_train_batch_size": 1,
+            "sft.max_length": 1024, **{f"synth.{k}": v for k, v in params.synth.model_dump().items()}}
+    args = [x for k, v in sets.items() for x in ("--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}")]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"),
+           "--num_processes", "2", "-m", "srvau.cli", *args, "sft", "--rocot", str(rocot_dir),
+           "--base-model", str(tiny_model_dir), "--out", str(tmp_path / "sft")]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-5000:]
+    assert log.count("SFT replays 2 reading drills per step") == 2  # on both ranks
+    assert json.loads((tmp_path / "sft/summary.json").read_text())["world_size"] == 2
+
+
 def test_sft_stage_outputs_merge_and_mlflow(rocot_dir, tiny_model_dir, params, tmp_path):
     import mlflow
     import torch
