@@ -301,7 +301,8 @@ def build_trainer(
     replay = None
     if s.drill_replay:
         qa = dataset.filter(lambda task: task == "qa", input_columns="task")
-        replay = DrillReplay(processor.tokenizer, qa["prompt"], dataset["completion"], s.drill_replay, params.seed)
+        rank = checkpoints.distributed_state().process_index  # each rank its own drills, as its own video rows
+        replay = DrillReplay(processor.tokenizer, qa["prompt"], dataset["completion"], s.drill_replay, params.seed + rank)
         if not replay.usable:
             log.warning("sft.drill_replay: no training QA prompt yields a drill (four distinct key words); none replayed")
             replay = None
