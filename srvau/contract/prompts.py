@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping
 
-from srvau.contract.vocab import CLASSES, TASKS
+from srvau.contract.vocab import CLASSES, LETTERS, TASKS
 
 Task = Literal["qa", "grounding", "classification", "description"]
 Style = Literal["reflect", "think", "direct"]
@@ -27,8 +27,17 @@ SYSTEM = {
 _GLUE_HINT = " For grounding, add the interval as <glue>[start, end]</glue> in seconds after each answer."
 
 
+# the manifest/RoCoT fields of a question's options, in letter order
+OPTION_FIELDS: tuple[str, ...] = tuple(f"option_{letter.lower()}" for letter in LETTERS)
+
+
 def options_text(row: Mapping[str, Any]) -> str:
-    return "\n".join(f"{letter}. {row[f'option_{letter.lower()}']}" for letter in "ABCD")
+    return "\n".join(f"{letter}. {row[field]}" for letter, field in zip(LETTERS, OPTION_FIELDS))
+
+
+def qa_row(question: str, options: list[str]) -> dict[str, str]:
+    """The fields :func:`task_prompt` reads for a QA prompt."""
+    return {"question": question, **dict(zip(OPTION_FIELDS, options))}
 
 
 def qa_prompt_parts(prompt: str) -> tuple[str, list[str]] | None:

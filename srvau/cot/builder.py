@@ -37,7 +37,7 @@ import pandas as pd
 from srvau.config import CotConfig, Params, project_relative
 from srvau.contract import scoring as S
 from srvau.contract import trace as T
-from srvau.contract.prompts import system_prompt, task_prompt
+from srvau.contract.prompts import OPTION_FIELDS, system_prompt, task_prompt
 from srvau.contract.truth import grounding_interval, truth_of
 from srvau.contract.vocab import LETTERS, canonical_class, optional_float, optional_text
 from srvau.cot.dataset import COLUMNS, ROTATED, SPLITS, save_split
@@ -89,8 +89,8 @@ def option_orders(row: dict[str, Any], n: int) -> list[tuple[str, dict[str, Any]
     out = [("", row)]
     for r in range(1, min(n, 4)):
         rotated = dict(row)
-        for i, x in enumerate(LETTERS):
-            rotated[f"option_{LETTERS[(i + r) % 4].lower()}"] = row.get(f"option_{x.lower()}")
+        for i, field in enumerate(OPTION_FIELDS):
+            rotated[OPTION_FIELDS[(i + r) % 4]] = row.get(field)
         letter = (optional_text(row.get("correct_option")) or "").upper()
         if letter in LETTERS:
             rotated["correct_option"] = LETTERS[(LETTERS.index(letter) + r) % 4]
@@ -133,7 +133,7 @@ def task_items(manifest: pd.DataFrame, manifest_dir: Path, params: Params) -> li
                     key_object=text_or_none(row.get("key_object")),
                     evidence=evidence,
                     reference=text_or_none(row.get("description")),
-                    options={x: text_or_none(variant.get(f"option_{x.lower()}")) or "" for x in "ABCD"} if task == "qa" else {},
+                    options={x: text_or_none(variant.get(f)) or "" for x, f in zip(LETTERS, OPTION_FIELDS)} if task == "qa" else {},
                     duration_s=optional_float(row.get("duration_s")) or 0.0,
                     video_interval=video_interval(row),
                     frames_path=frames,

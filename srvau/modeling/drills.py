@@ -13,8 +13,6 @@ from typing import Iterable
 
 from srvau.contract.vocab import LETTERS
 
-OPTION_KEYS = ("option_a", "option_b", "option_c", "option_d")
-
 
 def drill_words(texts: Iterable[str]) -> list[str]:
     """The words (case and punctuation kept) the drills write before a key word: any text of the corpus,
@@ -28,7 +26,7 @@ def _drill(tokenizer, lists: list[tuple[str, list[str]]], words: list[str], rng)
     positions of the two letters (the only tokens with a loss: the look-up, then the copy into the
     answer), or None when the drawn list's options do not have distinct key words. The random words come
     from any text, so only the key word tells which option is meant."""
-    from srvau.contract.prompts import option_choice, option_key_word, task_prompt
+    from srvau.contract.prompts import option_choice, option_key_word, qa_row, task_prompt
     from srvau.contract.trace import render_pass
 
     question, options = lists[int(rng.integers(len(lists)))]
@@ -38,8 +36,7 @@ def _drill(tokenizer, lists: list[tuple[str, list[str]]], words: list[str], rng)
         return None
     k = int(rng.integers(4))
     letter = LETTERS[k]
-    row = {"question": question, **dict(zip(OPTION_KEYS, options))}
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": task_prompt("qa", row)}]}],
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": task_prompt("qa", qa_row(question, options))}]}],
                                            tokenize=False, add_generation_prompt=True)
     filler = " ".join(words[i] for i in rng.integers(len(words), size=int(rng.integers(3, 16))))
     choice = option_choice(options[k], letter)
@@ -51,8 +48,10 @@ def _drill(tokenizer, lists: list[tuple[str, list[str]]], words: list[str], rng)
     look_up = len(before)
     if ids[look_up] != target[0]:
         return None  # the tokenizer merged the letter with its neighbours: not a clean drill
-    copy = max(i for i, t in enumerate(ids) if t == target[1])
-    return ids, [look_up, copy]
+    copies = [i for i, t in enumerate(ids) if t == target[1]]
+    if not copies:
+        return None  # the letter in <answer> merged with the tags: no clean copy to learn
+    return ids, [look_up, copies[-1]]
 
 
 def drill_batch(tokenizer, lists: list[tuple[str, list[str]]], words: list[str], rng, n: int) -> dict:

@@ -25,7 +25,7 @@ from typing import Iterable
 
 from srvau.compat import ensure_torchvision
 from srvau.config import Params, TinyModelConfig, VideoConfig
-from srvau.modeling.drills import OPTION_KEYS, drill_batch, drill_words, drillable
+from srvau.modeling.drills import drill_batch, drill_words, drillable
 from srvau.progress import progress
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
     """Every text field of VAU-Bench-format CSVs: what the tokenizer must cover."""
     import pandas as pd
 
-    from srvau.contract.prompts import task_prompt
+    from srvau.contract.prompts import qa_row, task_prompt
     from srvau.contract.vocab import CLASSES
 
     texts: list[str] = list(CLASSES)
@@ -186,7 +186,7 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
             if col not in ("Start Time", "End Time"):
                 texts.extend(df[col].tolist())
         # the QA prompt as the model reads it, so an option's words split there as they do in a trace
-        texts += [task_prompt("qa", {"question": q, **dict(zip(OPTION_KEYS, options))})
+        texts += [task_prompt("qa", qa_row(q, options))
                   for q, options in option_lists_from_csvs([path])]
     # Times, letters and the task vocabulary appear in prompts/answers even if absent from CSVs.
     texts += [f"[{a}.{b}, {a + 1}.{b}]" for a in range(100) for b in range(10)]
@@ -194,11 +194,11 @@ def corpus_from_csvs(csvs: Iterable[Path]) -> list[str]:
     return texts
 
 
-
 def option_lists_from_csvs(csvs: Iterable[Path]) -> list[tuple[str, list[str]]]:
     """(question, its four options) of every row with a QA block, read by the VAU-Bench importer (so
     ``-1`` QA fields and rejected rows are left out): the drills' reading material. Which option is
     correct is never used."""
+    from srvau.contract.prompts import OPTION_FIELDS
     from srvau.data.vau_bench import read_vau_bench
 
     lists = []
@@ -206,7 +206,7 @@ def option_lists_from_csvs(csvs: Iterable[Path]) -> list[tuple[str, list[str]]]:
         rows = read_vau_bench(path, split="train").rows  # the split only labels rows; nothing reads it
         if len(rows):
             for r in rows[rows["has_qa"]].to_dict("records"):
-                lists.append((r["question"], [r[k] for k in OPTION_KEYS]))
+                lists.append((r["question"], [r[k] for k in OPTION_FIELDS]))
     return lists
 
 

@@ -217,6 +217,7 @@ class DrillReplay:
     fine-tuning is."""
 
     def __init__(self, tokenizer, prompts: list[str], completions: list[str], per_step: int, seed: int):
+        """``prompts``: the training rows' user texts; only QA prompts (:func:`qa_prompt_parts`) are read."""
         import numpy as np
 
         from srvau.contract.prompts import qa_prompt_parts
@@ -300,9 +301,8 @@ def build_trainer(
     )
     replay = None
     if s.drill_replay:
-        qa = dataset.filter(lambda task: task == "qa", input_columns="task")
         rank = checkpoints.distributed_state().process_index  # each rank its own drills, as its own video rows
-        replay = DrillReplay(processor.tokenizer, qa["prompt"], dataset["completion"], s.drill_replay, params.seed + rank)
+        replay = DrillReplay(processor.tokenizer, dataset["prompt"], dataset["completion"], s.drill_replay, params.seed + rank)
         if not replay.usable:
             log.warning("sft.drill_replay: no training QA prompt yields a drill (four distinct key words); none replayed")
             replay = None
