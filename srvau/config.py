@@ -325,6 +325,7 @@ class EvaluateConfig(Section):
     split: str = "test"
     limit: int | None = Field(None, ge=1)
     iou_right: float = Field(0.5, gt=0, le=1)
+    prior_split: str | None = "train"  # fit the video-blind prior here (srvau.evaluation.prior); None: no prior
     # label -> checkpoint; None means model.base (filled in by Params), so a recipe that changes the
     # base model also changes what the report calls "base".
     models: dict[str, str | None] = {"base": None, "sft": "models/sft", "grpo": "models/grpo"}

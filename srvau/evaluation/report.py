@@ -445,7 +445,10 @@ def write_report(
 <h2>Headline</h2>
 {headline_table(rows)}
 <p>{html.escape(H.NOTE)} Main metric per task: QA accuracy, grounding mIoU, classification 20-way accuracy,
-description keyword recall; <code>n</code>: scored samples.</p>
+description keyword recall; <code>n</code>: scored samples. <code>prior</code>, where shown, never looks at the
+video: it gives every question the training split's most common answer (QA letter, class) and every
+grounding question its best fixed interval (as fractions of the video's duration). A model that does not
+beat it has not shown that it uses the video for that task.</p>
 {_img(headline_fig, "Main metric per task with 95% intervals")}
 <h2>Run</h2>
 <table class="metrics">{info_rows}</table>

@@ -2,7 +2,8 @@
 
 Outputs under ``out_dir`` (``reports/eval`` by default)::
 
-    metrics.json                 DVC metrics: model -> task -> style -> metrics (+ reflection, vau_eval)
+    metrics.json                 DVC metrics: model -> task -> style -> metrics (+ reflection, vau_eval);
+                                 first the video-blind ``prior`` (srvau.evaluation.prior)
     inference.json               throughput, padding and ``processes`` (the world size) per model (kept
                                  out of metrics.json: machine-dependent noise for ``dvc metrics diff``)
     predictions/<model>.jsonl    one record per (video, task, style): prompt, output, parsed answers, truth
@@ -33,6 +34,7 @@ from srvau.config import Params
 from srvau.contract.vocab import CLASSES, METRIC_TASK, STYLES, TASKS
 from srvau.evaluation import metrics as M
 from srvau.io import write_json
+from srvau.evaluation.prior import PRIOR, fit_prior, prior_metrics
 from srvau.evaluation.inference import (
     GenerationSettings,
     ManifestError,
@@ -276,6 +278,11 @@ def evaluate(
     log.info("evaluating %s on %d prompts (%d videos, split %s)", list(ckpts), len(samples), rows.shape[0], cfg.split)
 
     results: dict[str, Any] = {}
+    prior = the_prior(manifest, rows, samples, cfg)
+    if prior:  # first, so the report's one-sentence answer also weighs the final model against it
+        results[PRIOR] = prior
+        if main:
+            log_stage_metrics(STAGE, {PRIOR: _numeric(prior)})
     records_by_model: dict[str, list[dict[str, Any]]] = {}
     predictions: dict[str, str] = {}
     inference: dict[str, Any] = {}
@@ -325,6 +332,25 @@ def evaluate(
         log_stage_artifact(path, artifact_path="evaluate")
     log_stage_artifacts(report_path.parent / "figures", artifact_path="evaluate/figures")
     return {"metrics": str(metrics_path), "report": str(report_path), "predictions": predictions, "models": results}
+
+
+def the_prior(manifest: Path, rows: Any, samples: list[Any], cfg: Any) -> dict[str, Any] | None:
+    """The prior's metrics (:mod:`srvau.evaluation.prior`), fitted on ``evaluate.prior_split``; None when
+    that is off, is the evaluated split itself, or has no rows."""
+    if not cfg.prior_split:
+        return None
+    if cfg.prior_split == cfg.split:
+        log.warning("evaluate.prior_split is the evaluated split %r: no prior (it would be fitted on the answers it is scored on)", cfg.split)
+        return None
+    try:
+        train = read_manifest(manifest, cfg.prior_split)
+    except ManifestError as e:
+        log.warning("no prior: %s", e)
+        return None
+    durations = {str(r["video_id"]): float(r.get("duration_s") or 0) for r in rows.to_dict("records")}
+    fit = fit_prior(train)
+    log.info("prior fitted on %d %s videos: %s", train.shape[0], cfg.prior_split, {k: v for k, v in fit.items() if k != "n"})
+    return prior_metrics(samples, durations, fit, cfg.styles) or None
 
 
 def warn_truncated(metrics: dict[str, Any], label: str, budget: int) -> list[str]:

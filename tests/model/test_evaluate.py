@@ -325,8 +325,12 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     out = tmp_path / "eval"
     assert "model sft: no checkpoint" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["base", "grpo"] and result["models"] == metrics
+    assert list(metrics) == ["prior", "base", "grpo"] and result["models"] == metrics
     assert metrics["base"] == metrics["grpo"]  # same checkpoint, greedy decoding: same numbers
+    # the video-blind prior, fitted on the train split, scored on the same pairs as the models
+    prior = metrics["prior"]
+    assert set(prior) == {"qa", "grounding", "classification", "fit"} and set(prior["qa"]) == {"reflect", "direct"}
+    assert prior["qa"]["direct"]["n"] == 2 and prior["fit"]["qa"] in "ABCD"
     m = metrics["base"]
     for task in TASKS:
         assert set(m[task]) == {"reflect", "direct"}
@@ -354,11 +358,12 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     assert inference["base"]["samples"] == len(recs) and inference["base"]["samples_per_s"] > 0
     html = Path(result["report"]).read_text()
     assert result["report"] == str(out / "report.html") and len(_images(html)) == 5
-    assert "<th>base</th><th>grpo</th>" in html and "VAU-Eval" in html
+    assert "<th>prior</th><th>base</th><th>grpo</th>" in html and "VAU-Eval" in html
 
     configure(p)
     (run,) = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
     assert run.data.metrics["evaluate.base.qa.reflect.accuracy"] == m["qa"]["reflect"]["accuracy"]
+    assert run.data.metrics["evaluate.prior.qa.direct.accuracy"] == prior["qa"]["direct"]["accuracy"]
     assert "evaluate.grpo.grounding.direct.r_at_0.5" in run.data.metrics
     assert run.data.tags["evaluate.judge.model"] == p.evaluate.judge.model
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluate")}

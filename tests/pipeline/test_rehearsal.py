@@ -319,7 +319,7 @@ def test_paper_recipe_rehearsal_on_two_cpu_ranks(tmp_path, vau_bench_dir):
                      "--out", str(one), "--report", str(one / "report.html")])
     two = json.loads((root / p.evaluate.out_dir / "metrics.json").read_text())
     assert two == json.loads((one / "metrics.json").read_text())
-    assert set(two) == {"base", "sft", "grpo"}  # model -> task -> style -> metrics
+    assert set(two) == {"prior", "base", "sft", "grpo"}  # model -> task -> style -> metrics
 
     # one MLflow run per stage; SFT's killed run was marked KILLED by the next start
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
