@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from srvau.evaluation import headline as H
+from srvau.evaluation.prior import PRIOR
 
 
 def headline(metrics_by_run: dict[str, dict[str, Any]], model: str, styles: dict[str, str]) -> list[dict[str, Any]]:
@@ -65,6 +66,7 @@ def compare(runs: dict[str, tuple[Path, str]], out_dir: Path, models: tuple[str,
     result = {
         "runs": {run: {"metrics": str(path), "style": styles[run]} for run, (path, _) in runs.items()},
         "models": {model: headline(metrics_by_run, model, styles) for model in models},
+        "prior": against_prior(metrics_by_run, models[0], styles),
         "reflection": {run: m.get(models[0], {}).get("reflection", {}) for run, m in metrics_by_run.items() if styles[run] == "reflect"},
     }
     out_dir = Path(out_dir)
@@ -72,6 +74,27 @@ def compare(runs: dict[str, tuple[Path, str]], out_dir: Path, models: tuple[str,
     (out_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "report.html").write_text(render(result))
     return result
+
+
+def against_prior(metrics_by_run: dict[str, dict[str, Any]], model: str, styles: dict[str, str]) -> list[dict[str, Any]]:
+    """Per task: the video-blind prior (srvau.evaluation.prior) of the first run that has one, and whether
+    each run's ``model`` is ahead of it, behind it or not separated (95% intervals). Empty without a prior."""
+    prior_run = next((r for r, m in metrics_by_run.items() if PRIOR in m), None)
+    if prior_run is None:
+        return []
+    prior = {r["task"]: r for r in H.headline_rows({PRIOR: metrics_by_run[prior_run][PRIOR]}, styles[prior_run])}
+    rows = []
+    for task, (key, label) in H.MAIN_METRIC.items():
+        p = prior.get(task)
+        if p is None:
+            continue
+        row: dict[str, Any] = {"task": task, "metric": key, "label": label,
+                               PRIOR: {"value": p["value"], "ci95": list(p["ci95"]) if p["ci95"] else None, "n": p["n"]}}
+        for run, metrics in metrics_by_run.items():
+            cell = {r["task"]: r for r in H.headline_rows({model: metrics.get(model, {})}, styles[run])}.get(task)
+            row[run] = H.separation(cell, p) or "n/a"
+        rows.append(row)
+    return rows
 
 
 def _cell(c: dict[str, Any]) -> str:
@@ -94,6 +117,13 @@ def summary(result: dict[str, Any]) -> str:
         if open_:
             parts.append(f"not resolved on {H.join_words(open_)}")
         out.append(f"{model}: " + ("; ".join(parts) if parts else "nothing to compare") + ".")
+    for run in result["runs"]:
+        by: dict[str, list[str]] = {}
+        for r in result.get("prior", []):
+            by.setdefault(r[run], []).append(r["label"])
+        words = [f"{verdict} on {H.join_words(by[verdict])}" for verdict in ("ahead", "behind", "not separated") if verdict in by]
+        if words:
+            out.append(f"Against the video-blind prior, {run} is " + ", ".join(words) + ".")
     return " ".join(out)
 
 
@@ -111,6 +141,20 @@ def render(result: dict[str, Any]) -> str:
         sections.append(
             f"<h2>{html.escape(model)}</h2><table><thead><tr><th>task</th><th>metric</th>{head}<th>verdict</th></tr></thead>"
             f"<tbody>{body}</tbody></table>"
+        )
+    if result.get("prior"):
+        body = "".join(
+            f"<tr><td>{html.escape(r['task'])}</td><td>{html.escape(r['label'])}</td>"
+            f'<td class="num">{html.escape(H.fmt_value(r[PRIOR]["value"], r[PRIOR]["ci95"]))}</td>'
+            + "".join(f"<td>{html.escape(r[run])}</td>" for run in runs) + "</tr>"
+            for r in result["prior"]
+        )
+        first = html.escape(next(iter(result["models"]), ""))
+        sections.append(
+            f"<h2>Against the prior</h2><p>The prior never looks at the video: the training split's most common answer, "
+            f"and for grounding its best fixed interval. Each cell says whether the run's {first} model is ahead of it, "
+            f"behind it or not separated (95% intervals).</p><table><thead><tr><th>task</th><th>metric</th><th>prior</th>"
+            + "".join(f"<th>{html.escape(r)}</th>" for r in runs) + f"</tr></thead><tbody>{body}</tbody></table>"
         )
     refl = []
     for run, tasks in result["reflection"].items():

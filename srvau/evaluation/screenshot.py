@@ -113,7 +113,8 @@ def render_report(eval_dir: Path, out_dir: Path) -> Path:
     if not metrics_path.is_file():
         raise ScreenshotError(f"no {metrics_path}: run the pipeline first (`make run`)")
     results = json.loads(metrics_path.read_text())
-    records = {m: read_jsonl(eval_dir / "predictions" / f"{m}.jsonl") for m in results}
+    # the models' predictions; the prior (srvau.evaluation.prior) has numbers but generates nothing
+    records = {m: read_jsonl(p) for m in results if (p := eval_dir / "predictions" / f"{m}.jsonl").is_file()}
     inference = json.loads((eval_dir / "inference.json").read_text()) if (eval_dir / "inference.json").is_file() else {}
     cfg = load_params().evaluate
     info = {

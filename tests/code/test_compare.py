@@ -37,6 +37,24 @@ def test_each_run_in_its_own_style_and_winner_only_when_intervals_separate(tmp_p
     assert "srvau-r1 (reflect)" in html and "vau-r1 (think)" in html and "[" in html
 
 
+def test_each_run_is_weighed_against_the_video_blind_prior(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    prior = {"qa": {"reflect": accuracy([True] * 10 + [False] * 30), "think": accuracy([True] * 10 + [False] * 30)},
+             "grounding": {"reflect": grounding([0.9] * 10), "think": grounding([0.9] * 10)}, "fit": {"qa": "A"}}
+    a.write_text(json.dumps({"prior": prior, **_metrics("reflect", 36)}))
+    b.write_text(json.dumps(_metrics("think", 12)))  # without a prior: the first run's is used
+    res = compare({"srvau-r1": (a, "reflect"), "vau-r1": (b, "think")}, tmp_path / "out", models=("grpo",))
+    rows = {r["task"]: r for r in res["prior"]}
+    assert rows["qa"]["prior"]["value"] == 25.0
+    assert rows["qa"]["srvau-r1"] == "ahead" and rows["qa"]["vau-r1"] == "not separated"  # 90 and 30 against 25
+    assert rows["grounding"]["srvau-r1"] == "behind" == rows["grounding"]["vau-r1"]  # 60 against the prior's 90
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Against the prior" in html
+    assert "Against the video-blind prior, srvau-r1 is ahead on QA accuracy, behind on grounding mIoU." in html
+    no_prior = compare({"x": (b, "think")}, tmp_path / "o2", models=("grpo",))
+    assert no_prior["prior"] == [] and "Against the prior" not in (tmp_path / "o2" / "report.html").read_text()
+
+
 def test_close_runs_are_not_resolved(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(_metrics("reflect", 22)))

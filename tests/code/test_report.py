@@ -159,6 +159,20 @@ def test_compare_reads_the_same_headline(tmp_path):
     assert "grpo: vau-r1 ahead on" in html and "29.2 [18.2, 43.2]" in html and "reflection +6.3" in html
 
 
+def test_a_report_rendered_anew_shows_the_prior_that_has_no_predictions(tmp_path):
+    from srvau.evaluation.screenshot import render_report
+
+    prior = {"qa": {"reflect": accuracy([True] * 12 + [False] * 36)}, "grounding": {"reflect": grounding([0.57] * 38)},
+             "fit": {"qa": "A", "grounding": [0.34, 0.8]}}
+    ev = tmp_path / "eval"
+    (ev / "predictions").mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({"prior": prior, "grpo": METRICS["grpo"]}))
+    (ev / "predictions" / "grpo.jsonl").write_text("")  # the prior generates nothing, so it has no file
+    html = render_report(ev, tmp_path / "out").read_text()
+    assert "<th>prior</th><th>grpo</th>" in html and "57.0 [" in html
+    assert "grpo vs prior" in html and "behind prior on grounding mIoU" in html
+
+
 # ----------------------------------------------------------------------------- a real browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
