@@ -347,6 +347,7 @@ class RegisterConfig(Section):
     alias: str = "challenger"
     gate_metric: str = "qa.reflect.accuracy"
     auto_promote: bool = True
+    beat_prior: bool = True  # auto-promotion also needs the gate metric above the video-blind prior's
 
 
 class LaunchOverride(Section):

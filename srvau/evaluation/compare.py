@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from srvau.evaluation import headline as H
-from srvau.evaluation.prior import PRIOR
 
 
 def headline(metrics_by_run: dict[str, dict[str, Any]], model: str, styles: dict[str, str]) -> list[dict[str, Any]]:
@@ -79,17 +78,17 @@ def compare(runs: dict[str, tuple[Path, str]], out_dir: Path, models: tuple[str,
 def against_prior(metrics_by_run: dict[str, dict[str, Any]], model: str, styles: dict[str, str]) -> list[dict[str, Any]]:
     """Per task: the video-blind prior (srvau.evaluation.prior) of the first run that has one, and whether
     each run's ``model`` is ahead of it, behind it or not separated (95% intervals). Empty without a prior."""
-    prior_run = next((r for r, m in metrics_by_run.items() if PRIOR in m), None)
+    prior_run = next((r for r, m in metrics_by_run.items() if H.PRIOR in m), None)
     if prior_run is None:
         return []
-    prior = {r["task"]: r for r in H.headline_rows({PRIOR: metrics_by_run[prior_run][PRIOR]}, styles[prior_run])}
+    prior = {r["task"]: r for r in H.headline_rows({H.PRIOR: metrics_by_run[prior_run][H.PRIOR]}, styles[prior_run])}
     rows = []
     for task, (key, label) in H.MAIN_METRIC.items():
         p = prior.get(task)
         if p is None:
             continue
         row: dict[str, Any] = {"task": task, "metric": key, "label": label,
-                               PRIOR: {"value": p["value"], "ci95": list(p["ci95"]) if p["ci95"] else None, "n": p["n"]}}
+                               H.PRIOR: {"value": p["value"], "ci95": list(p["ci95"]) if p["ci95"] else None, "n": p["n"]}}
         for run, metrics in metrics_by_run.items():
             cell = {r["task"]: r for r in H.headline_rows({model: metrics.get(model, {})}, styles[run])}.get(task)
             row[run] = H.separation(cell, p) or "n/a"
@@ -145,7 +144,7 @@ def render(result: dict[str, Any]) -> str:
     if result.get("prior"):
         body = "".join(
             f"<tr><td>{html.escape(r['task'])}</td><td>{html.escape(r['label'])}</td>"
-            f'<td class="num">{html.escape(H.fmt_value(r[PRIOR]["value"], r[PRIOR]["ci95"]))}</td>'
+            f'<td class="num">{html.escape(H.fmt_value(r[H.PRIOR]["value"], r[H.PRIOR]["ci95"]))}</td>'
             + "".join(f"<td>{html.escape(r[run])}</td>" for run in runs) + "</tr>"
             for r in result["prior"]
         )

@@ -28,6 +28,7 @@ MAIN_METRIC: dict[str, tuple[str, str]] = {
     "description": ("keyword_recall", "description keyword recall"),
 }
 PRIMARY_STYLE = "reflect"
+PRIOR = "prior"  # the video-blind reference's label in metrics.json (srvau.evaluation.prior)
 NOTE = (
     "Values in % on the evaluation split, in brackets the 95% interval (Wilson for accuracies, normal "
     "approximation for means); reflection gain: final minus first-answer accuracy over well-formed "

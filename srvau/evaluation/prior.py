@@ -25,7 +25,6 @@ from srvau.contract.vocab import METRIC_TASK
 from srvau.evaluation import metrics as M
 from srvau.evaluation.inference import Sample, ground_truth
 
-PRIOR = "prior"  # its label in metrics.json, beside the models
 PRIOR_TASKS = ("qa", "grounding", "classification")
 GRID = 100  # the fixed interval is searched on a 1/GRID grid of the duration
 

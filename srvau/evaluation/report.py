@@ -25,7 +25,6 @@ from typing import Any
 
 from srvau.contract.vocab import CLASSES
 from srvau.evaluation import headline as H
-from srvau.evaluation.prior import PRIOR
 from srvau.io import write_text
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -84,7 +83,7 @@ def fig_headline(rows: list[dict[str, Any]], title: str, path: Path) -> Path | N
         hi = [max(c["ci95"][1] - h, 0.0) if c.get("ci95") else 0.0 for h, c in zip(heights, cells)]
         xs = x - 0.4 + width * (i + 0.5)
         # the prior is a reference, not a contender: grey and hatched, the models keep the colour cycle
-        style = {"color": "lightgrey", "hatch": "//", "edgecolor": "grey"} if m == PRIOR else {"color": f"C{i - (PRIOR in models)}"}
+        style = {"color": "lightgrey", "hatch": "//", "edgecolor": "grey"} if m == H.PRIOR else {"color": f"C{i - (H.PRIOR in models)}"}
         ax.bar(xs, heights, width=width * 0.92, label=m, yerr=[lo, hi], capsize=4, error_kw={"elinewidth": 1.2}, zorder=2, **style)
         for xi, v, h, up in zip(xs, vals, heights, hi):
             ax.text(xi, h + up + 1.5, "n/a" if v is None else f"{H.one_decimal(v)}", ha="center", va="bottom", fontsize=8)

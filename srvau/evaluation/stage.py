@@ -34,7 +34,8 @@ from srvau.config import Params
 from srvau.contract.vocab import CLASSES, METRIC_TASK, STYLES, TASKS
 from srvau.evaluation import metrics as M
 from srvau.io import write_json
-from srvau.evaluation.prior import PRIOR, fit_prior, prior_metrics
+from srvau.evaluation.headline import PRIOR
+from srvau.evaluation.prior import fit_prior, prior_metrics
 from srvau.evaluation.inference import (
     GenerationSettings,
     ManifestError,

@@ -5,7 +5,8 @@
 model and its page shows the lineage: the training run, the params and the evaluation metrics that
 ``srvau evaluate`` logged against it. When no logged model matches (training ran with tracking off, or
 elsewhere), register logs the checkpoint itself first, with the evaluation metrics, and says so. The
-new version gets the ``challenger`` alias. ``promote`` moves ``champion`` to a version, but only when its
+new version gets the ``challenger`` alias. A model whose gate metric is not above the video-blind prior's
+in metrics.json (``register.beat_prior``) is not promoted automatically. ``promote`` moves ``champion`` to a version, but only when its
 gate metric (read from its logged model's metrics) is at least the current champion's (``--force``
 overrides), so a worse model never silently replaces a better one. Load with
 ``mlflow.pyfunc.load_model("models:/NAME@champion")``.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from srvau.config import Params
+from srvau.evaluation.headline import PRIOR
 from srvau.tracking.model_metrics import log_model_metrics
 from srvau.tracking.models import (
     checkpoint_digest,
@@ -63,7 +65,11 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
               "model_id": model.model_id, "model_origin": origin, "checkpoint_sha256": digest}
     log.info("registered %s version %s (logged model %s, %s) as @%s", name, version, model.model_id, origin,
              params.register_.alias)
-    if params.register_.auto_promote:
+    below_prior = not_above_prior(all_metrics, label, gate) if params.register_.beat_prior else None
+    if params.register_.auto_promote and below_prior:
+        result["promotion"] = {"promoted": False, "reason": below_prior}
+        log.warning("%s", below_prior)
+    elif params.register_.auto_promote:
         try:
             result["promotion"] = promote(params, version=version)
         except ValueError as e:  # a worse challenger stays a challenger; that is not a failure
@@ -72,6 +78,23 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def not_above_prior(metrics: dict[str, Any], label: str, gate: str) -> str | None:
+    """Why ``label`` must not be promoted automatically: its gate metric (``task.style.metric`` in
+    metrics.json) is not above the video-blind prior's (srvau.evaluation.prior). None when it is above,
+    or when either number is missing."""
+    def value(entry: str) -> float | None:
+        node: Any = metrics.get(entry)
+        for key in gate.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        return float(node) if isinstance(node, (int, float)) else None
+
+    ours, prior = value(label), value(PRIOR)
+    if ours is None or prior is None or ours > prior:
+        return None
+    return (f"{label} {gate}={ours:.4g} is not above the video-blind prior's {prior:.4g} (the training split's "
+            f"most common answer): not promoted automatically (`srvau registry promote` can, by hand)")
 
 
 def gate_value(client, name: str, version: str, metric: str) -> float | None:

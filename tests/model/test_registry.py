@@ -151,6 +151,34 @@ def test_register_logs_the_checkpoint_when_no_training_run_did(tmp_path, reg_par
     assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == "2"
 
 
+def test_a_model_not_above_the_video_blind_prior_is_not_promoted(tmp_path, reg_params, tiny_model_dir, caplog):
+    """The first model of a registry would become @champion unopposed; at chance on the gate metric (the
+    prior's 25.0) it stays @challenger. Above the prior, or with register.beat_prior off, it is promoted."""
+    def with_prior(name, acc, prior):
+        path = _metrics(tmp_path, name, acc)
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({"prior": {"qa": {"reflect": {"n": 10, "accuracy": prior}}}, **data}))
+        return path
+
+    with caplog.at_level("WARNING"), stage_run(reg_params, "register"):
+        first = register(_variant(tiny_model_dir, tmp_path, 1), with_prior("m1.json", 25.0, 25.0), reg_params, tmp_path / "r1.json")
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("srvau-test", "challenger").version) == first["version"] == "1"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("srvau-test", "champion")
+    assert first["promotion"]["promoted"] is False
+    assert "grpo qa.reflect.accuracy=25 is not above the video-blind prior's 25" in first["promotion"]["reason"]
+    assert "not above the video-blind prior" in caplog.text
+    assert "`@champion` did **not** move: grpo qa.reflect.accuracy=25 is not above" in registry_decision(first)
+    with stage_run(reg_params, "register"):
+        second = register(_variant(tiny_model_dir, tmp_path, 2), with_prior("m2.json", 25.5, 25.0), reg_params, tmp_path / "r2.json")
+    assert second["promotion"]["promoted"] is True
+    off = reg_params.model_copy(update={"register_": reg_params.register_.model_copy(update={"beat_prior": False})})
+    with stage_run(off, "register"):
+        third = register(_variant(tiny_model_dir, tmp_path, 3), with_prior("m3.json", 30.0, 40.0), off, tmp_path / "r3.json")
+    assert third["promotion"]["promoted"] is True  # the prior gate off: only the champion comparison
+
+
 def test_a_registered_model_loads_by_alias_and_answers(tmp_path, reg_params, tiny_model_dir, ingest_dir):
     with stage_run(reg_params, "register"):
         register(tiny_model_dir, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
@@ -184,6 +212,7 @@ def champion(tmp_path_factory, ingest_dir, tiny_model_dir):
             "tracking.registered_model": "srvau-champ", "tracking.experiment": "registry-champion",
             "evaluate.limit": 2, "evaluate.tasks": ["qa", "grounding"], "evaluate.styles": ["reflect", "think"],
             "evaluate.max_new_tokens": 12, "evaluate.batch_size": 4, "register.model_label": "grpo",
+            "register.beat_prior": False,  # the untrained tiny model is not above the prior: promote it anyway
         })
         _isolate(p, tmp)
         evaluate(ingest_dir / "manifest.parquet", {"grpo": str(tiny_model_dir)}, tmp / "eval", p)
