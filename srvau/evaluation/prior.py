@@ -8,9 +8,10 @@ events are long against its clips (2-4 s in 8 s) hands a fixed interval a high m
 shows it localises only when it beats this row.
 
 The prior's answers are written as well-formed ``direct`` outputs and scored by the same functions as
-every model (:func:`srvau.evaluation.metrics.task_metrics`), on the same (video, task) pairs. It is
-fitted on the training split only, so it never sees the split it is scored on. Descriptions have no
-prior (there is no "most common description" worth scoring).
+every model (:func:`srvau.evaluation.metrics.task_metrics`), on the same (video, task) pairs, and stored
+in metrics.json beside them under ``headline.PRIOR``. It is fitted on ``evaluate.prior_split`` (the
+training split), never on the split it is scored on. Descriptions have no prior (there is no "most
+common description" worth scoring).
 """
 
 from __future__ import annotations
