@@ -101,10 +101,11 @@ class Service:
             pass
 
 
-def project_copy(dest: Path, reading_drill_steps: int = 4) -> Path:
+def project_copy(dest: Path, reading_drill_steps: int | None = 4) -> Path:
     """The tracked + untracked-not-ignored files of this checkout, as a fresh git(+DVC) project. Its tiny
     base practises reading options for ``reading_drill_steps`` steps only (params.yaml and the defaults):
-    pipeline tests check the wiring; what the drills teach is tested in tests/model/test_tiny_model.py."""
+    pipeline tests check the wiring; what the drills teach is tested in tests/model/test_tiny_model.py.
+    None keeps the demo's own count (a run that must learn QA as `make run` does)."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -113,7 +114,7 @@ def project_copy(dest: Path, reading_drill_steps: int = 4) -> Path:
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
-    for f in ("params.yaml", "configs/defaults.yaml"):
+    for f in ("params.yaml", "configs/defaults.yaml") if reading_drill_steps is not None else ():
         text = (dest / f).read_text()
         (dest / f).write_text(re.sub(r"(?m)^(\s+reading_drill_steps:) \d+", rf"\g<1> {reading_drill_steps}", text))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
