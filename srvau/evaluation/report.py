@@ -83,7 +83,9 @@ def fig_headline(rows: list[dict[str, Any]], title: str, path: Path) -> Path | N
         hi = [max(c["ci95"][1] - h, 0.0) if c.get("ci95") else 0.0 for h, c in zip(heights, cells)]
         xs = x - 0.4 + width * (i + 0.5)
         # the prior is a reference, not a contender: grey and hatched, the models keep the colour cycle
-        style = {"color": "lightgrey", "hatch": "//", "edgecolor": "grey"} if m == H.PRIOR else {"color": f"C{i - (H.PRIOR in models)}"}
+        contenders = [x for x in models if x != H.PRIOR]
+        style = ({"color": "lightgrey", "hatch": "//", "edgecolor": "grey"} if m == H.PRIOR
+                 else {"color": f"C{contenders.index(m)}"})
         ax.bar(xs, heights, width=width * 0.92, label=m, yerr=[lo, hi], capsize=4, error_kw={"elinewidth": 1.2}, zorder=2, **style)
         for xi, v, h, up in zip(xs, vals, heights, hi):
             ax.text(xi, h + up + 1.5, "n/a" if v is None else f"{H.one_decimal(v)}", ha="center", va="bottom", fontsize=8)

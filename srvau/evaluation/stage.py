@@ -30,7 +30,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from srvau.config import Params
+import pandas as pd
+
+from srvau.config import EvaluateConfig, Params
 from srvau.contract.vocab import CLASSES, METRIC_TASK, STYLES, TASKS
 from srvau.evaluation import metrics as M
 from srvau.io import write_json
@@ -39,6 +41,7 @@ from srvau.evaluation.prior import fit_prior, prior_metrics
 from srvau.evaluation.inference import (
     GenerationSettings,
     ManifestError,
+    Sample,
     build_samples,
     process_group,
     read_manifest,
@@ -335,7 +338,7 @@ def evaluate(
     return {"metrics": str(metrics_path), "report": str(report_path), "predictions": predictions, "models": results}
 
 
-def the_prior(manifest: Path, rows: Any, samples: list[Any], cfg: Any) -> dict[str, Any] | None:
+def the_prior(manifest: Path, rows: pd.DataFrame, samples: list[Sample], cfg: EvaluateConfig) -> dict[str, Any] | None:
     """The prior's metrics (:mod:`srvau.evaluation.prior`), fitted on ``evaluate.prior_split``; None when
     that is off, is the evaluated split itself, or has no rows."""
     if not cfg.prior_split:

@@ -66,3 +66,28 @@ def test_prior_is_scored_like_a_model_on_the_same_pairs():
     assert m["classification"]["direct"]["multi_acc"] == pytest.approx(200 / 3, abs=0.01)
     assert m["classification"]["direct"]["binary_acc"] == pytest.approx(200 / 3, abs=0.01)
     assert "grounding" not in prior_metrics(samples, {"t1": 8.0}, fit, ["direct"])  # a duration unknown
+
+
+def test_fit_on_real_vau_bench_answers_matches_a_plain_count_of_the_csv(vau_bench_dir):
+    """Fitted on the real VAU-Bench val CSV through the importer, the prior's QA letter and class are the
+    CSV's most common `Correct Option` and `Anomaly Class`, counted here with the csv module alone; rows
+    without a known duration (no video probed yet) give no fixed interval rather than a wrong one."""
+    import csv
+    from collections import Counter
+
+    from srvau.contract.vocab import canonical_class
+    from srvau.data.vau_bench import read_vau_bench
+
+    path = vau_bench_dir / "val.csv"
+    rows = read_vau_bench(path, split="val").rows
+    fit = fit_prior(rows)
+    with open(path, newline="", encoding="utf-8") as f:
+        raw = list(csv.DictReader(f))
+    letters = Counter(r["Correct Option"].strip().upper() for r in raw if r["Correct Option"].strip().upper() in "ABCD")
+    classes = Counter(canonical_class(r["Anomaly Class"].strip()) for r in raw if canonical_class(r["Anomaly Class"].strip()))
+    assert fit["qa"] == min(letters, key=lambda v: (-letters[v], v))
+    assert fit["classification"] == min(classes, key=lambda v: (-classes[v], v))
+    assert fit["n"]["qa"] > 0 and "grounding" not in fit  # the importer knows no durations
+    with_duration = rows.assign(duration_s=rows["end_s"].clip(lower=1.0) * 2)  # every event in the first half
+    a, b = fit_prior(with_duration)["grounding"]
+    assert 0 <= a < b <= 0.5
