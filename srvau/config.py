@@ -117,7 +117,8 @@ class TinyModelConfig(Section):
     vision_hidden_size: int = Field(64, ge=16)
     vision_num_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(4096, ge=256)
-    reading_drill_steps: int = Field(1200, ge=0)
+    reading_drill_steps: int = Field(2000, ge=0)
+    reading_drill_target: float = Field(0.93, ge=0.0, le=1.0)
 
 
 class ModelConfig(Section):
@@ -275,6 +276,7 @@ class GrpoConfig(Section):
     max_prompt_length: int | None = Field(1024, ge=16)
     max_completion_length: int = Field(160, ge=8)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
     reward_funcs: dict[str, float] = {"format": 0.5, "reflective_accuracy": 1.0, "temporal_iou": 1.0, "length": 0.1}
     reward_options: dict[str, dict[str, float]] = {}
     difficulty_filter: bool = False

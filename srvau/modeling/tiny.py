@@ -218,15 +218,18 @@ def is_drilled(name: str) -> bool:
 
 
 def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: list[str], steps: int, seed: int,
-                   batch_size: int = 32, learning_rate: float = 1e-3, weight_decay: float = 0.1) -> dict:
+                   target: float = 1.0, check_every: int = 200, batch_size: int = 32, learning_rate: float = 1e-3,
+                   weight_decay: float = 0.1, warmup_steps: int = 120) -> dict:
     """Train the language model's attention and output layer (``is_drilled``) to find the option a key word
-    names and answer with its letter. Returns the held-out accuracy on the drills' letters before and
-    after (256 drills, two letters each; chance is 25%)."""
+    names and answer with its letter, for at most ``steps`` steps: every ``check_every`` steps the
+    accuracy on 256 held-out drills (two letters each; chance is 25%) is measured, and the drills stop
+    once it reaches ``target``. When the look-up forms depends on the seed (400-1000+ steps,
+    docs/demo-results.md), so a fixed step count leaves some bases short of it. The accuracy reported
+    after is measured on another 256 drills than the stopping rule read."""
     import numpy as np
     import torch
 
     rng = np.random.default_rng(seed)
-    held_out = np.random.default_rng(seed + 1)
 
     def batch(gen, n):
         return drill_batch(tokenizer, lists, words, gen, n)
@@ -249,23 +252,38 @@ def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: 
     if not drillable(tokenizer, lists, words, seed):
         log.warning("reading drills skipped: no option list with four distinct key words")
         return {"steps": 0}
-    evaluation = [batch(held_out, 64) for _ in range(4)]
-    before = accuracy(evaluation)
+    stopping, reporting = (np.random.default_rng(s) for s in (seed + 1, seed + 2))
+    stopping = [batch(stopping, 64) for _ in range(4)]
+    reporting = [batch(reporting, 64) for _ in range(4)]
+    before = accuracy(reporting)
     params = [p for name, p in model.named_parameters() if is_drilled(name)]
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    # A fixed warm-up, not a share of ``steps``: the step count is only a cap now.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps))
+    curve: list[list[float]] = []
+    done = 0
     model.train()
     for step in progress(range(steps), desc="reading drills", total=steps):
         model(**batch(rng, batch_size)).loss.backward()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % check_every == 0 or done == steps:
+            curve.append([done, accuracy(stopping)])
+            log.info("reading drills: held-out look-up %.3f after %d steps (stops at %.2f)", curve[-1][1], done, target)
+            if curve[-1][1] >= target:
+                break
     model.eval()
-    after = accuracy(evaluation)
-    log.info("reading drills: %d steps, look-up accuracy %.2f -> %.2f (chance 0.25)", steps, before, after)
-    return {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "weight_decay": weight_decay,
-            "held_out_accuracy_before": before, "held_out_accuracy_after": after}
+    after = accuracy(reporting)
+    if curve[-1][1] < target:
+        log.warning("reading drills: the held-out look-up is %.3f after all %d steps, short of %.2f: QA may stay "
+                    "near chance (raise model.tiny.reading_drill_steps)", curve[-1][1], steps, target)
+    log.info("reading drills: %d of at most %d steps, look-up accuracy %.2f -> %.2f (chance 0.25, target %.2f)",
+             done, steps, before, after, target)
+    return {"steps": done, "max_steps": steps, "target": target, "reached_target": curve[-1][1] >= target,
+            "curve": curve, "warmup_steps": warmup_steps, "batch_size": batch_size, "learning_rate": learning_rate,
+            "weight_decay": weight_decay, "held_out_accuracy_before": before, "held_out_accuracy_after": after}
 
 
 def build_tiny(out_dir: Path, params: Params, corpus_csvs: Iterable[Path]) -> Path:
@@ -277,7 +295,7 @@ def build_tiny(out_dir: Path, params: Params, corpus_csvs: Iterable[Path]) -> Pa
     processor = build_processor(tokenizer, params.video)
     model = build_model(tokenizer, params.model.tiny, params.seed)
     drills = reading_drills(model, tokenizer, option_lists_from_csvs(corpus_csvs), drill_words(corpus),
-                            params.model.tiny.reading_drill_steps, params.seed)
+                            params.model.tiny.reading_drill_steps, params.seed, target=params.model.tiny.reading_drill_target)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "reading_drills.json").write_text(json.dumps(drills, indent=2) + "\n")
     model.save_pretrained(out_dir, safe_serialization=True)

@@ -459,6 +459,7 @@ def grpo_config(
         temperature=cfg.temperature,
         beta=cfg.beta,
         loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
         reward_weights=reward_weights,
         use_vllm=cfg.use_vllm,
         vllm_mode=cfg.vllm_mode,

@@ -345,6 +345,17 @@ def test_cli_missing_rocot_is_a_clear_error(tmp_path):
     assert "train.parquet" in result.output
 
 
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_reward_scaling_reaches_trl(scale, gparams, tmp_path):
+    """``grpo.scale_rewards`` is TRL's option under its own name: per-group std (GRPO's, the default), the
+    batch's std, or none (Dr. GRPO)."""
+    from srvau.training.grpo import grpo_config
+
+    cfg = gparams.grpo.model_copy(update={"scale_rewards": scale})
+    assert grpo_config(cfg, gparams, tmp_path, [1.0]).scale_rewards == scale
+    assert gparams.grpo.scale_rewards == "group"
+
+
 def test_paper_recipe_loads():
     from srvau.config import load_params
 

@@ -135,10 +135,28 @@ def test_reading_drills_train_attention_and_the_output_layer_only(tiny_model_dir
         assert torch.equal(p, before[n]) == (n not in drilled), n
 
 
+def test_reading_drills_stop_once_the_held_out_look_up_reaches_the_target(tiny_model_dir, params, drill_material):
+    """The step count is a cap: the drills check the held-out look-up every ``check_every`` steps and stop
+    at the first check that reaches ``target``; a target never reached runs every step."""
+    from srvau.modeling.tiny import reading_drills
+
+    tok = load_processor(tiny_model_dir, params.model).tokenizer
+    reached = reading_drills(load_model(tiny_model_dir, params.model), tok, *drill_material, steps=9, seed=0,
+                             target=0.0, check_every=2, batch_size=2)
+    assert reached["steps"] == 2 and reached["max_steps"] == 9 and reached["reached_target"]
+    assert [s for s, _ in reached["curve"]] == [2]
+    capped = reading_drills(load_model(tiny_model_dir, params.model), tok, *drill_material, steps=5, seed=0,
+                            target=1.01, check_every=2, batch_size=2)
+    assert capped["steps"] == 5 and not capped["reached_target"]
+    assert [s for s, _ in capped["curve"]] == [2, 4, 5]
+    assert all(0 <= a <= 1 for _, a in capped["curve"])
+
+
 @pytest.mark.slow
 def test_reading_drills_teach_the_look_up_the_demo_needs(params, demo_dir, tmp_path):
-    """The demo's setting (model.tiny.reading_drill_steps) takes the held-out look-up from chance to most
-    drills right: what lets the tiny model answer multiple choice at all (docs/demo-results.md)."""
+    """The demo's setting (model.tiny.reading_drill_steps as a cap, reading_drill_target) takes the held-out
+    look-up from chance to most drills right: what lets the tiny model answer multiple choice at all
+    (docs/demo-results.md)."""
     import json
 
     from srvau.config import load_params
@@ -147,8 +165,9 @@ def test_reading_drills_teach_the_look_up_the_demo_needs(params, demo_dir, tmp_p
     demo = load_params()
     p = params.model_copy(update={"model": params.model.model_copy(update={"tiny": demo.model.tiny})})
     report = json.loads((build_tiny(tmp_path / "base", p, sorted(demo_dir.glob("*.csv"))) / "reading_drills.json").read_text())
-    assert report["steps"] == demo.model.tiny.reading_drill_steps > 0
-    assert report["held_out_accuracy_before"] < 0.4 and report["held_out_accuracy_after"] >= 0.8, report
+    assert 0 < report["steps"] <= demo.model.tiny.reading_drill_steps
+    assert report["reached_target"] and report["curve"][-1][1] >= demo.model.tiny.reading_drill_target, report
+    assert report["held_out_accuracy_before"] < 0.4 and report["held_out_accuracy_after"] >= 0.85, report
 
 
 def test_drill_material_comes_through_the_vau_bench_importer(vau_bench_dir, tmp_path):
