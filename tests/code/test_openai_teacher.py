@@ -28,7 +28,7 @@ from srvau.cot.dataset import load_all
 from srvau.cot.teachers import OpenAITeacher, teacher_frames
 
 API_KEY = "sk-test-not-a-real-key-4242"
-SLOW_S = 1.0  # server delay for "sleep" answers; the client times out after 0.4 s
+SLOW_S = 4.0  # server delay for "sleep" answers; the client times out after 2 s (room for a busy machine: at 0.4 s an answered request could time out)
 
 
 def reply_for(row: dict, task: str) -> dict:
@@ -153,7 +153,7 @@ def _params(params, url: str, cache: Path, **openai):
     data = params.model_dump(by_alias=True)
     # one sample per (video, task), as the paper recipe writes them: the server answers by sample id
     data["cot"].update(teacher="openai", tasks=["qa", "grounding"], qa_option_orders=1)
-    data["cot"]["openai"].update({"base_url": url, "cache_dir": str(cache), "timeout_s": 0.4, "max_retries": 2,
+    data["cot"]["openai"].update({"base_url": url, "cache_dir": str(cache), "timeout_s": 2.0, "max_retries": 2,
                                   "backoff_s": 0.01, "concurrency": 4, "frames": 3,
                                   "api_key_env": "SRVAU_TEST_TEACHER_KEY", **openai})
     return type(params).model_validate(data)
