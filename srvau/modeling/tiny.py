@@ -223,9 +223,9 @@ def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: 
     """Train the language model's attention and output layer (``is_drilled``) to find the option a key word
     names and answer with its letter, for at most ``steps`` steps: every ``check_every`` steps the
     accuracy on 256 held-out drills (two letters each; chance is 25%) is measured, and the drills stop
-    once it reaches ``target``. When the look-up forms depends on the seed (400-1000+ steps,
-    docs/demo-results.md), so a fixed step count leaves some bases short of it. The accuracy reported
-    after is measured on another 256 drills than the stopping rule read."""
+    once it reaches ``target``. The look-up forms at a seed-dependent step (400-2000, docs/demo-results.md),
+    so a fixed step count leaves some bases short of it. The accuracy reported after is measured on
+    another 256 drills than the ones the stopping rule reads."""
     import numpy as np
     import torch
 
@@ -252,9 +252,9 @@ def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: 
     if not drillable(tokenizer, lists, words, seed):
         log.warning("reading drills skipped: no option list with four distinct key words")
         return {"steps": 0}
-    stopping, reporting = (np.random.default_rng(s) for s in (seed + 1, seed + 2))
-    stopping = [batch(stopping, 64) for _ in range(4)]
-    reporting = [batch(reporting, 64) for _ in range(4)]
+    stop_rng, report_rng = np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
+    stopping = [batch(stop_rng, 64) for _ in range(4)]
+    reporting = [batch(report_rng, 64) for _ in range(4)]
     before = accuracy(reporting)
     params = [p for name, p in model.named_parameters() if is_drilled(name)]
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
@@ -295,7 +295,8 @@ def build_tiny(out_dir: Path, params: Params, corpus_csvs: Iterable[Path]) -> Pa
     processor = build_processor(tokenizer, params.video)
     model = build_model(tokenizer, params.model.tiny, params.seed)
     drills = reading_drills(model, tokenizer, option_lists_from_csvs(corpus_csvs), drill_words(corpus),
-                            params.model.tiny.reading_drill_steps, params.seed, target=params.model.tiny.reading_drill_target)
+                            params.model.tiny.reading_drill_steps, params.seed,
+                            target=params.model.tiny.reading_drill_target)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "reading_drills.json").write_text(json.dumps(drills, indent=2) + "\n")
     model.save_pretrained(out_dir, safe_serialization=True)
