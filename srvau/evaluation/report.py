@@ -74,6 +74,7 @@ def fig_headline(rows: list[dict[str, Any]], title: str, path: Path) -> Path | N
     fig, ax = plt.subplots(figsize=(8.5, 4.4))
     width = 0.8 / len(models)
     x = np.arange(len(tasks))
+    contenders = [name for name in models if name != H.PRIOR]
     for i, m in enumerate(models):
         cells = [grid.get((m, t)) or {} for t in tasks]
         vals = [c.get("value") for c in cells]
@@ -83,7 +84,6 @@ def fig_headline(rows: list[dict[str, Any]], title: str, path: Path) -> Path | N
         hi = [max(c["ci95"][1] - h, 0.0) if c.get("ci95") else 0.0 for h, c in zip(heights, cells)]
         xs = x - 0.4 + width * (i + 0.5)
         # the prior is a reference, not a contender: grey and hatched, the models keep the colour cycle
-        contenders = [x for x in models if x != H.PRIOR]
         style = ({"color": "lightgrey", "hatch": "//", "edgecolor": "grey"} if m == H.PRIOR
                  else {"color": f"C{contenders.index(m)}"})
         ax.bar(xs, heights, width=width * 0.92, label=m, yerr=[lo, hi], capsize=4, error_kw={"elinewidth": 1.2}, zorder=2, **style)
