@@ -211,6 +211,64 @@ def reflection_metrics(task: str, texts: Sequence[str | None], gts: Sequence, io
     return out
 
 
+# ----------------------------------------------------------------------------- two models on the same prompts
+
+
+def paired_difference(this: Sequence[bool], other: Sequence[bool], z: float = Z95) -> dict:
+    """This model's accuracy minus the other's, both scored on the same prompts, in points (x100).
+
+    Two independent Wilson intervals that overlap say little when both models answer the same prompts:
+    most answers agree, and only the discordant ones (``this_only`` right, ``other_only`` right) carry
+    the difference. Its 95% interval is Newcombe's score interval for paired proportions (method 10 of
+    Newcombe 1998, Statistics in Medicine 17:2635), and ``mcnemar_p`` is the exact two-sided McNemar
+    test of no difference (a binomial test on the discordant pairs).
+    """
+    _same_length(this, other)
+    pairs = list(zip(map(bool, this), map(bool, other)))
+    n = len(pairs)
+    if not n:
+        return {"n": 0, "this_only": 0, "other_only": 0, "difference": None, "difference_ci95": None, "mcnemar_p": None}
+    both = sum(1 for a, b in pairs if a and b)
+    this_only = sum(1 for a, b in pairs if a and not b)
+    other_only = sum(1 for a, b in pairs if b and not a)
+    neither = n - both - this_only - other_only
+    p1, p2 = (both + this_only) / n, (both + other_only) / n
+    (l1, u1), (l2, u2) = ([x / 100 for x in wilson_ci(k, n, z)] for k in (both + this_only, both + other_only))
+    den = math.sqrt((both + this_only) * (other_only + neither) * (both + other_only) * (this_only + neither))
+    cross = both * neither - this_only * other_only
+    # Newcombe's continuity-corrected phi: without it, identical answers would give a zero-width interval.
+    cross = cross - n / 2 if cross > n / 2 else min(cross, 0)
+    phi = cross / den if den else 0.0
+    lower = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    upper = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    diff = p1 - p2
+    return {
+        "n": n,
+        "this_only": this_only,
+        "other_only": other_only,
+        "difference": pct(diff),
+        "difference_ci95": [round(max(-1.0, diff - lower) * 100, 2), round(min(1.0, diff + upper) * 100, 2)],
+        "mcnemar_p": round(mcnemar_exact_p(this_only, other_only), 4),
+    }
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: ``min(b, c)`` or fewer of ``b + c`` discordant pairs at 1/2."""
+    m = b + c
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, k) for k in range(min(b, c) + 1)) / 2**m
+    return min(1.0, 2 * tail)
+
+
+def paired_mean_difference(this: Sequence[float], other: Sequence[float]) -> dict:
+    """Mean of this - other over the same prompts (values in [0, 1], e.g. IoU), x100, with the
+    normal-approximation 95% interval of the mean paired difference."""
+    _same_length(this, other)
+    deltas = [a - b for a, b in zip(this, other)]
+    return {"n": len(deltas), "difference": pct(_mean(deltas)), "difference_ci95": mean_ci(deltas, lo=-1.0, hi=1.0)}
+
+
 def _same_length(a: Sequence, b: Sequence) -> None:
     if len(a) != len(b):
         raise ValueError(f"{len(a)} predictions but {len(b)} ground-truth values")

@@ -360,6 +360,40 @@ def headline_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+PAIRED_ROWS = (("pooled", "QA + classification, pooled"), ("qa", "QA accuracy"), ("classification", "classification 20-way"),
+               ("grounding", "grounding mean IoU"))
+
+
+def paired_verdict(ci: Any) -> str:
+    """Ahead or behind only when the paired 95% interval excludes zero."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return "n/a"
+    return "ahead" if ci[0] > 0 else "behind" if ci[1] < 0 else "not resolved"
+
+
+def paired_table(results: dict[str, Any]) -> str:
+    """Each model against the one before it, on the same prompts: difference, paired 95% interval, the
+    discordant answers and McNemar's p (srvau.evaluation.stage.paired_metrics)."""
+    out = []
+    for model, m in results.items():
+        for other, tasks in (m.get("paired") or {}).items():
+            for task, label in PAIRED_ROWS:
+                d = tasks.get(task)
+                if not d or d.get("difference") is None:
+                    continue
+                discordant = (f'{d["this_only"]} / {d["other_only"]}' if "this_only" in d else "&ndash;")
+                p = d.get("mcnemar_p")
+                out.append(f"<tr><th>{html.escape(model)} &minus; {html.escape(other)}</th><td>{html.escape(label)}</td>"
+                           f'<td class="num">{d["difference"]:+.1f}{_ci(d.get("difference_ci95"))}</td><td class="num">{d["n"]}</td>'
+                           f'<td class="num">{discordant}</td><td class="num">{_fmt(p)}</td>'
+                           f"<td>{paired_verdict(d.get('difference_ci95'))}</td></tr>")
+    if not out:
+        return "<p>Fewer than two models were evaluated: nothing to pair.</p>"
+    head = ("<tr><th>models</th><th>metric</th><th>difference, points [95% CI]</th><th>n</th>"
+            "<th>right only in the first / only in the second</th><th>McNemar p</th><th>verdict</th></tr>")
+    return f'<table class="metrics"><thead>{head}</thead><tbody>' + "\n".join(out) + "</tbody></table>"
+
+
 def display_path(value: Any, root: Path) -> Any:
     """A path as the reader should see it: relative to the project ``root``; outside it, relative to the
     nearest folder it shares with ``root`` (never absolute, so a report reads the same on every machine).
@@ -454,6 +488,14 @@ video: it gives every question the training split's most common answer (QA lette
 grounding question its best fixed interval (as fractions of the video's duration). A model that does not
 beat it has not shown that it uses the video for that task.</p>
 {_img(headline_fig, "Main metric per task with 95% intervals")}
+<h2>Paired: each model against the one before it</h2>
+<p>Both models answered the same prompts ({html.escape(style)} style, final answers), so most of their answers
+agree and only the answers one model gets right and the other wrong carry the difference. The interval is
+Newcombe's score interval for a paired difference of proportions (grounding: normal approximation of the
+mean IoU difference); McNemar's exact test asks whether the discordant answers split evenly. A model is
+called ahead or behind only when the interval excludes zero. This is a sharper test than two overlapping
+intervals in the headline, and it is the one to read before saying that training step helped.</p>
+{paired_table(results)}
 <h2>Run</h2>
 <table class="metrics">{info_rows}</table>
 <h2>Metrics</h2>

@@ -2,7 +2,8 @@
 
 Outputs under ``out_dir`` (``reports/eval`` by default)::
 
-    metrics.json                 DVC metrics: model -> task -> style -> metrics (+ reflection, vau_eval);
+    metrics.json                 DVC metrics: model -> task -> style -> metrics (+ reflection, vau_eval,
+                                 paired: against the model evaluated before it);
                                  first the video-blind ``prior`` (srvau.evaluation.prior)
     inference.json               throughput, padding and ``processes`` (the world size) per model (kept
                                  out of metrics.json: machine-dependent noise for ``dvc metrics diff``)
@@ -204,6 +205,32 @@ def transition_counts(records: list[dict[str, Any]], iou_right: float) -> list[d
     return rows
 
 
+POOLED_TASKS = ("qa", "classification")  # pooled: the answers of both, as one accuracy
+
+
+def paired_metrics(this: list[dict[str, Any]], other: list[dict[str, Any]], style: str) -> dict[str, Any]:
+    """``this`` model against ``other`` on the prompts both answered in ``style``: per task the paired
+    difference of final-answer accuracy (QA, 20-way classification; :func:`metrics.paired_difference`)
+    or of final IoU (grounding), and QA + classification pooled."""
+    out: dict[str, Any] = {}
+    pooled: tuple[list[bool], list[bool]] = ([], [])
+    for task in ("qa", "grounding", "classification"):
+        theirs = {(r["video_id"], r["prompt"]): r for r in _select(other, task, style)}
+        pairs = [(r, theirs[(r["video_id"], r["prompt"])]) for r in _select(this, task, style) if (r["video_id"], r["prompt"]) in theirs]
+        if not pairs:
+            continue
+        if task == "grounding":
+            out[task] = M.paired_mean_difference([a["iou_final"] for a, _ in pairs], [b["iou_final"] for _, b in pairs])
+            continue
+        right = ([bool(a["final_correct"]) for a, _ in pairs], [bool(b["final_correct"]) for _, b in pairs])
+        out[task] = M.paired_difference(*right)
+        pooled[0].extend(right[0])
+        pooled[1].extend(right[1])
+    if all(t in out for t in POOLED_TASKS):
+        out["pooled"] = M.paired_difference(*pooled)
+    return out
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
     import csv
 
@@ -307,6 +334,13 @@ def evaluate(
         inference[label] = {"checkpoint": ckpt, "processes": world, **stats.as_dict()}  # world size, also at 1
         if main:
             log_stage_metrics(STAGE, {label: _numeric(m)})
+
+    # Each model against the one evaluated before it (base -> sft -> grpo): same prompts, paired intervals.
+    labels = list(records_by_model)
+    for before, label in zip(labels, labels[1:]):
+        results[label]["paired"] = {before: paired_metrics(records_by_model[label], records_by_model[before], cfg.primary_style)}
+        if main:
+            log_stage_metrics(STAGE, {label: {"paired": _numeric(results[label]["paired"])}})
 
     metrics_path = out_dir / "metrics.json"
     if not main:  # the main process writes and logs the same results

@@ -398,3 +398,86 @@ def test_shifted_intervals_score_the_hand_computed_iou(cli, tmp_path):
     for k in (0.3, 0.5, 0.7):
         assert out[f"r@{k}"] == round(round(sum(x >= k for x in by_hand) / len(by_hand), 4) * 100, 2)
     assert 0 < out["miou"] < 100
+
+
+# ----------------------------------------------------------------------------- two models on the same prompts
+
+
+def _answers(both: int, this_only: int, other_only: int, neither: int) -> tuple[list[bool], list[bool]]:
+    this = [True] * both + [True] * this_only + [False] * other_only + [False] * neither
+    other = [True] * both + [False] * this_only + [True] * other_only + [False] * neither
+    return this, other
+
+
+def test_paired_difference_counts_discordant_answers_and_is_antisymmetric():
+    from srvau.evaluation.metrics import paired_difference
+
+    this, other = _answers(40, 9, 3, 44)
+    d = paired_difference(this, other)
+    assert (d["n"], d["this_only"], d["other_only"]) == (96, 9, 3)
+    assert d["difference"] == pct(6 / 96)
+    low, high = d["difference_ci95"]
+    assert low < d["difference"] < high
+    back = paired_difference(other, this)
+    assert back["difference"] == -d["difference"] and back["difference_ci95"] == [-high, -low]
+    assert back["mcnemar_p"] == d["mcnemar_p"]
+    assert paired_difference([], [])["difference_ci95"] is None
+    with pytest.raises(ValueError):
+        paired_difference([True], [])
+
+
+def test_identical_answers_give_an_interval_around_zero_not_a_point():
+    from srvau.evaluation.metrics import paired_difference
+
+    d = paired_difference(*_answers(24, 0, 0, 24))
+    assert d["difference"] == 0.0 and d["mcnemar_p"] == 1.0
+    low, high = d["difference_ci95"]
+    assert low < 0 < high and high - low < 10
+
+
+def test_paired_interval_resolves_what_overlapping_intervals_cannot():
+    """12 more right answers of 96, all from the same prompts: the two Wilson intervals overlap, but every
+    discordant answer favours one model, which the paired interval and McNemar's test see."""
+    from srvau.evaluation.metrics import paired_difference, wilson_ci
+
+    this, other = _answers(48, 12, 0, 36)
+    a, b = wilson_ci(sum(this), 96), wilson_ci(sum(other), 96)
+    assert a[0] < b[1], "the unpaired intervals overlap"
+    d = paired_difference(this, other)
+    assert d["difference_ci95"][0] > 0 and d["mcnemar_p"] < 0.001
+    even = paired_difference(*_answers(48, 12, 6, 30))  # the same gap of 6 answers, spread both ways
+    assert even["difference_ci95"][0] < 0 < even["difference_ci95"][1] and even["mcnemar_p"] > 0.05
+
+
+def test_mcnemar_exact_p_by_hand():
+    from srvau.evaluation.metrics import mcnemar_exact_p
+
+    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(5, 5) == 1.0
+    assert mcnemar_exact_p(10, 0) == pytest.approx(2 / 2**10)
+    assert mcnemar_exact_p(1, 6) == pytest.approx(2 * (1 + 7) / 2**7)
+
+
+def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
+    """Seeded simulation: two models that agree on most prompts, 96 prompts, 1500 draws per setting."""
+    import random
+
+    from srvau.evaluation.metrics import paired_difference
+
+    rng = random.Random(0)
+    for p_this, p_other, agree in ((0.6, 0.6, 0.8), (0.7, 0.6, 0.7), (0.55, 0.45, 0.5)):
+        true = (p_this - (agree * p_this + (1 - agree) * p_other)) * 100
+        hits = 0
+        for _ in range(1500):
+            this = [rng.random() < p_this for _ in range(96)]
+            other = [a if rng.random() < agree else rng.random() < p_other for a in this]
+            low, high = paired_difference(this, other)["difference_ci95"]
+            hits += low <= true <= high
+        assert 0.93 <= hits / 1500 <= 0.985, (p_this, p_other, agree, hits / 1500)
+
+
+def test_paired_mean_difference_of_ious():
+    from srvau.evaluation.metrics import paired_mean_difference
+
+    d = paired_mean_difference([0.5, 0.7, 0.9, 0.6], [0.4, 0.5, 0.9, 0.5])
+    assert d["n"] == 4 and d["difference"] == pct(0.1)
+    assert d["difference_ci95"][0] < 10 < d["difference_ci95"][1]

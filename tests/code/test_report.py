@@ -226,3 +226,20 @@ def test_headless_chromium_screenshots_the_mlflow_model_version_page(tmp_path):
 
     with Image.open(png) as im:
         assert im.size == (1200, 800) and ImageStat.Stat(im.convert("L")).stddev[0] > 20
+
+
+def test_paired_table_calls_a_step_ahead_only_when_its_interval_excludes_zero():
+    from srvau.evaluation.metrics import paired_difference, paired_mean_difference
+    from srvau.evaluation.report import paired_table, paired_verdict
+
+    ahead = paired_difference([True] * 60 + [False] * 36, [True] * 48 + [False] * 48)
+    unresolved = paired_difference([True] * 54 + [False] * 6 + [True] * 6 + [False] * 30,
+                                   [True] * 54 + [True] * 6 + [False] * 6 + [False] * 30)
+    results = {"sft": {}, "grpo": {"paired": {"sft": {"pooled": ahead, "qa": unresolved,
+                                                      "grounding": paired_mean_difference([0.2] * 10, [0.5] * 10)}}}}
+    table = paired_table(results)
+    rows = re.findall(r"<tr><th>grpo &minus; sft</th><td>([^<]+)</td>.*?<td>(\w[\w ]*)</td></tr>", table)
+    assert rows == [("QA + classification, pooled", "ahead"), ("QA accuracy", "not resolved"), ("grounding mean IoU", "behind")]
+    assert "+12.5" in table and "12 / 0" in table
+    assert paired_verdict(None) == "n/a" and paired_verdict([-1.0, 2.0]) == "not resolved"
+    assert "nothing to pair" in paired_table({"grpo": METRICS["grpo"]})

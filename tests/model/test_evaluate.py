@@ -25,10 +25,11 @@ from srvau.evaluation.inference import (
     read_manifest,
     run_inference,
 )
+from srvau.evaluation.metrics import pct
 from srvau.evaluation.report import write_report
 from srvau.io import read_jsonl
 from srvau.modeling.generation import Generation, GenerationSettings, chat_text, generate_batch, generation_kwargs
-from srvau.evaluation.stage import compute_metrics, evaluate, per_class_accuracy, transition_counts
+from srvau.evaluation.stage import compute_metrics, evaluate, paired_metrics, per_class_accuracy, transition_counts
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +270,26 @@ def test_metrics_from_handwritten_outputs():
     ]
 
 
+def _scored(video: int, task: str, right: bool | None = None, iou: float | None = None, style: str = "reflect") -> dict:
+    return {"video_id": f"demo/{video:04d}", "prompt": f"{task}?", "task": task, "style": style,
+            "final_correct": right, "iou_final": iou}
+
+
+def test_paired_metrics_match_prompts_not_positions():
+    """Records are paired by (video, prompt), whatever their order; a prompt one model did not answer,
+    and other prompt styles, are left out."""
+    this = [_scored(v, "qa", v < 8) for v in range(10)] + [_scored(v, "classification", v % 2 == 0) for v in range(10)]
+    this += [_scored(v, "grounding", iou=0.6) for v in range(4)] + [_scored(0, "qa", False, style="direct")]
+    other = [_scored(v, "qa", v < 5) for v in reversed(range(9))] + [_scored(v, "classification", v % 2 == 0) for v in range(10)]
+    other += [_scored(v, "grounding", iou=0.4) for v in range(4)] + [_scored(0, "qa", True, style="direct")]
+    m = paired_metrics(this, other, "reflect")
+    assert (m["qa"]["n"], m["qa"]["this_only"], m["qa"]["other_only"], m["qa"]["difference"]) == (9, 3, 0, 33.33)
+    assert (m["classification"]["this_only"], m["classification"]["other_only"], m["classification"]["difference"]) == (0, 0, 0.0)
+    assert (m["pooled"]["n"], m["pooled"]["this_only"], m["pooled"]["difference"]) == (19, 3, pct(3 / 19))
+    assert m["grounding"]["n"] == 4 and m["grounding"]["difference"] == 20.0
+    assert "pooled" not in paired_metrics(this[:10], other[:9], "reflect")  # QA alone: nothing to pool
+
+
 def _images(html: str) -> list[bytes]:
     return [base64.b64decode(x) for x in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
 
@@ -326,7 +347,13 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     assert "model sft: no checkpoint" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["prior", "base", "grpo"] and result["models"] == metrics
+    paired = metrics["grpo"].pop("paired")
     assert metrics["base"] == metrics["grpo"]  # same checkpoint, greedy decoding: same numbers
+    # each model against the one evaluated before it (sft has no checkpoint: grpo against base)
+    assert list(paired) == ["base"] and set(paired["base"]) == {"qa", "grounding", "classification", "pooled"}
+    pooled = paired["base"]["pooled"]
+    assert (pooled["n"], pooled["this_only"], pooled["other_only"], pooled["difference"]) == (4, 0, 0, 0.0)
+    assert pooled["difference_ci95"][0] < 0 < pooled["difference_ci95"][1]
     # the video-blind prior, fitted on the train split, scored on the same pairs as the models
     prior = metrics["prior"]
     assert set(prior) == {"qa", "grounding", "classification", "fit"} and set(prior["qa"]) == {"reflect", "direct"}
@@ -359,12 +386,14 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     html = Path(result["report"]).read_text()
     assert result["report"] == str(out / "report.html") and len(_images(html)) == 5
     assert "<th>prior</th><th>base</th><th>grpo</th>" in html and "VAU-Eval" in html
+    assert "<th>grpo &minus; base</th><td>QA + classification, pooled</td>" in html
 
     configure(p)
     (run,) = mlflow.search_runs(experiment_names=[isolated_mlflow], output_format="list")
     assert run.data.metrics["evaluate.base.qa.reflect.accuracy"] == m["qa"]["reflect"]["accuracy"]
     assert run.data.metrics["evaluate.prior.qa.direct.accuracy"] == prior["qa"]["direct"]["accuracy"]
     assert "evaluate.grpo.grounding.direct.r_at_0.5" in run.data.metrics
+    assert run.data.metrics["evaluate.grpo.paired.base.pooled.difference"] == 0.0
     assert run.data.tags["evaluate.judge.model"] == p.evaluate.judge.model
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
     assert {"evaluate/metrics.json", "evaluate/report.html", "evaluate/figures"} <= arts
