@@ -248,7 +248,7 @@ def paired_difference(this: Sequence[bool], other: Sequence[bool], z: float = Z9
         "other_only": other_only,
         "difference": pct(diff),
         "difference_ci95": [round(max(-1.0, diff - lower) * 100, 2), round(min(1.0, diff + upper) * 100, 2)],
-        "mcnemar_p": round(mcnemar_exact_p(this_only, other_only), 4),
+        "mcnemar_p": float(f"{mcnemar_exact_p(this_only, other_only):.3g}"),
     }
 
 

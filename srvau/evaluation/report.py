@@ -364,13 +364,6 @@ PAIRED_ROWS = (("pooled", "QA + classification, pooled"), ("qa", "QA accuracy"),
                ("grounding", "grounding mean IoU"))
 
 
-def paired_verdict(ci: Any) -> str:
-    """Ahead or behind only when the paired 95% interval excludes zero."""
-    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
-        return "n/a"
-    return "ahead" if ci[0] > 0 else "behind" if ci[1] < 0 else "not resolved"
-
-
 def paired_table(results: dict[str, Any]) -> str:
     """Each model against the one before it, on the same prompts: difference, paired 95% interval, the
     discordant answers and McNemar's p (srvau.evaluation.stage.paired_metrics)."""
@@ -382,11 +375,11 @@ def paired_table(results: dict[str, Any]) -> str:
                 if not d or d.get("difference") is None:
                     continue
                 discordant = (f'{d["this_only"]} / {d["other_only"]}' if "this_only" in d else "&ndash;")
-                p = d.get("mcnemar_p")
+                p = f'{d["mcnemar_p"]:.2g}' if d.get("mcnemar_p") is not None else None
                 out.append(f"<tr><th>{html.escape(model)} &minus; {html.escape(other)}</th><td>{html.escape(label)}</td>"
                            f'<td class="num">{d["difference"]:+.1f}{_ci(d.get("difference_ci95"))}</td><td class="num">{d["n"]}</td>'
                            f'<td class="num">{discordant}</td><td class="num">{_fmt(p)}</td>'
-                           f"<td>{paired_verdict(d.get('difference_ci95'))}</td></tr>")
+                           f"<td>{H.paired_verdict(d.get('difference_ci95'))}</td></tr>")
     if not out:
         return "<p>Fewer than two models were evaluated: nothing to pair.</p>"
     head = ("<tr><th>models</th><th>metric</th><th>difference, points [95% CI]</th><th>n</th>"

@@ -230,7 +230,8 @@ def test_headless_chromium_screenshots_the_mlflow_model_version_page(tmp_path):
 
 def test_paired_table_calls_a_step_ahead_only_when_its_interval_excludes_zero():
     from srvau.evaluation.metrics import paired_difference, paired_mean_difference
-    from srvau.evaluation.report import paired_table, paired_verdict
+    from srvau.evaluation.headline import paired_verdict
+    from srvau.evaluation.report import paired_table
 
     ahead = paired_difference([True] * 60 + [False] * 36, [True] * 48 + [False] * 48)
     unresolved = paired_difference([True] * 54 + [False] * 6 + [True] * 6 + [False] * 30,
@@ -243,3 +244,14 @@ def test_paired_table_calls_a_step_ahead_only_when_its_interval_excludes_zero():
     assert "+12.5" in table and "12 / 0" in table
     assert paired_verdict(None) == "n/a" and paired_verdict([-1.0, 2.0]) == "not resolved"
     assert "nothing to pair" in paired_table({"grpo": METRICS["grpo"]})
+
+
+def test_the_answer_ends_with_the_paired_step_when_there_is_one():
+    from srvau.evaluation.metrics import paired_difference
+
+    ahead = paired_difference([True] * 60 + [False] * 36, [True] * 48 + [False] * 48)
+    metrics = {**METRICS, "grpo": {**METRICS["grpo"], "paired": {"sft": {"pooled": ahead}}}}
+    sentence = H.answer(metrics, split="test", videos=48)
+    assert sentence.startswith(H.answer(METRICS, split="test", videos=48))
+    low, high = ahead["difference_ci95"]
+    assert sentence.endswith(f" Paired with sft on the same prompts, QA + classification: +12.5 points [{low:.1f}, {high:.1f}], ahead.")
