@@ -253,12 +253,10 @@ def paired_difference(this: Sequence[bool], other: Sequence[bool], z: float = Z9
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: ``min(b, c)`` or fewer of ``b + c`` discordant pairs at 1/2."""
-    m = b + c
-    if m == 0:
-        return 1.0
-    tail = sum(math.comb(m, k) for k in range(min(b, c) + 1)) / 2**m
-    return min(1.0, 2 * tail)
+    """Two-sided exact McNemar p-value: scipy's binomial test of ``b`` of ``b + c`` discordant pairs at 1/2."""
+    from scipy.stats import binomtest
+
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
 
 
 def paired_mean_difference(this: Sequence[float], other: Sequence[float]) -> dict:
