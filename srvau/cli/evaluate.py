@@ -45,7 +45,7 @@ def evaluate_cmd(
     from srvau.evaluation.inference import ManifestError
     from srvau.evaluation.judge import JudgeError
     from srvau.evaluation.stage import available_models, evaluate
-    from srvau.tracking.model_metrics import log_evaluation_to_models
+    from srvau.tracking.model_metrics import evaluation_dataset, log_evaluation_to_models
 
     p = get_params(ctx)
     models = parse_models(model) if model else dict(p.evaluate.models)
@@ -57,7 +57,8 @@ def evaluate_cmd(
             result = evaluate(manifest, models, out, p, report=report)
         except (ManifestError, FileNotFoundError, JudgeError) as e:
             raise fail(str(e)) from None
-        log_evaluation_to_models(available_models(models, p), result["models"], p)
+        dataset = evaluation_dataset(manifest, p.evaluate.split, p.evaluate.limit)
+        log_evaluation_to_models(available_models(models, p), result["models"], p, dataset)
     log.info("metrics: %s", result["metrics"])
     typer.echo(result["report"])
 

@@ -5,15 +5,23 @@ version made from it) shows how it scored, with the evaluate run that computed t
 A model carries the main metric of each task (:data:`srvau.evaluation.headline.MAIN_METRIC`) in every
 evaluated prompt style, plus the promotion gate (``register.gate_metric``): about a dozen numbers, not
 the ~100 the evaluate run holds. They are keyed as in that run (``evaluate.<label>.<task>.<style>.<metric>``).
+
+Each value is logged on the MLflow dataset it was measured on (:func:`evaluation_dataset`: the manifest,
+project-relative, and the split). The same model evaluated on a val pool or another manifest then keeps
+those numbers apart from its test numbers, and the registry's gate reads only the gate dataset's
+(:func:`gate_dataset`), never whichever evaluation ran last.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import warnings
+from pathlib import Path
 from typing import Any
 
-from srvau.config import Params
+from srvau.config import Params, project_relative
 from srvau.evaluation.headline import MAIN_METRIC
 from srvau.tracking.models import checkpoint_digest, find_logged_model, is_checkpoint
 from srvau.tracking.runs import flatten, track_call
@@ -31,20 +39,46 @@ def headline_metrics(label_metrics: dict[str, Any], prefix: str, extra: tuple[st
             if k in wanted and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-def log_model_metrics(model_id: str, label: str, label_metrics: dict[str, Any], params: Params) -> dict[str, float]:
-    """Log one evaluated model's headline metrics (and the promotion gate) against its logged model, in
-    the active run. Raises on tracking errors."""
+def dataset_name(manifest: str | Path, split: str, limit: int | None = None) -> str:
+    """``<manifest>:<split>`` (``[:N]`` when only the first N videos were evaluated), the manifest named
+    project-relative so the name is the same in every checkout."""
+    return f"{project_relative(manifest)}:{split}" + (f"[:{limit}]" if limit else "")
+
+
+def gate_dataset(params: Params) -> str:
+    """The dataset whose metrics the registry's gate compares: the project's manifest and
+    ``evaluate.split``, what the pipeline's evaluate stage measures."""
+    return dataset_name(params.resolve(params.paths.ingest) / "manifest.parquet", params.evaluate.split, params.evaluate.limit)
+
+
+def evaluation_dataset(manifest: str | Path, split: str, limit: int | None = None):
+    """The MLflow dataset for metrics measured on ``split`` of ``manifest``: :func:`dataset_name`, and
+    the manifest's sha256 (first 16 hex digits; "missing" when the file is not there) as its digest."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    path = Path(manifest)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    with warnings.catch_warnings():  # mlflow registers its local-file source twice and says so
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(path.resolve()))
+    return MetaDataset(source=source, name=dataset_name(manifest, split, limit), digest=digest)
+
+
+def log_model_metrics(model_id: str, label: str, label_metrics: dict[str, Any], params: Params, dataset) -> dict[str, float]:
+    """Log one evaluated model's headline metrics (and the promotion gate) against its logged model, on
+    ``dataset`` (:func:`evaluation_dataset`), in the active run. Raises on tracking errors."""
     import mlflow
 
     values = headline_metrics(label_metrics, f"evaluate.{label}", extra=(params.register_.gate_metric,))
     if values:
-        mlflow.log_metrics(values, model_id=model_id)
+        mlflow.log_metrics(values, model_id=model_id, dataset=dataset)
     return values
 
 
-def log_evaluation_to_models(checkpoints: dict[str, str], metrics: dict[str, Any], params: Params) -> dict[str, str]:
+def log_evaluation_to_models(checkpoints: dict[str, str], metrics: dict[str, Any], params: Params, dataset) -> dict[str, str]:
     """For each evaluated local checkpoint with a logged model (found by digest), its headline metrics
-    against that model, in the evaluate stage's run. Returns label -> model id; never raises."""
+    against that model, on ``dataset``, in the evaluate stage's run. Returns label -> model id; never raises."""
     import mlflow
 
     linked: dict[str, str] = {}
@@ -59,13 +93,13 @@ def log_evaluation_to_models(checkpoints: dict[str, str], metrics: dict[str, Any
             model = find_logged_model(digest, params, stage=label)  # labels name the stages (sft, grpo)
             if model is None:
                 return None
-            log_model_metrics(model.model_id, label, metrics[label], params)
+            log_model_metrics(model.model_id, label, metrics[label], params, dataset)
             return model.model_id
 
         model_id = track_call("model_metrics", link, label=label, checkpoint=ckpt)
         if model_id:
             linked[label] = model_id
-            log.info("model %s: headline metrics logged against MLflow logged model %s", label, model_id)
+            log.info("model %s: headline metrics on %s logged against MLflow logged model %s", label, dataset.name, model_id)
         else:
             log.info("model %s (%s): no MLflow logged model with its digest; its metrics stay on the run", label, ckpt)
     return linked

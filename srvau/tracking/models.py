@@ -168,8 +168,12 @@ def model_id_of_version(version: Any) -> str | None:
     return rest if rest.startswith("m-") and "/" not in rest else None
 
 
-def model_metric(model: Any, metric: str) -> float | None:
+def model_metric(model: Any, metric: str, dataset: str | None = None) -> float | None:
     """The latest value of ``metric`` on a logged model: the key itself or any key ending in
-    ``.<metric>`` (evaluation metrics are keyed ``evaluate.<label>.<metric>``)."""
+    ``.<metric>`` (evaluation metrics are keyed ``evaluate.<label>.<metric>``). With ``dataset``, only
+    values measured on that dataset (srvau.tracking.model_metrics.dataset_name) count; values logged
+    with no dataset (by versions before datasets were recorded) stand in when it has none."""
     hits = [m for m in (model.metrics or []) if m.key == metric or m.key.endswith("." + metric)]
+    if dataset is not None:
+        hits = [m for m in hits if m.dataset_name == dataset] or [m for m in hits if not m.dataset_name]
     return float(max(hits, key=lambda m: m.timestamp).value) if hits else None

@@ -21,7 +21,7 @@ from typing import Any
 
 from srvau.config import Params
 from srvau.evaluation.headline import PRIOR
-from srvau.tracking.model_metrics import log_model_metrics
+from srvau.tracking.model_metrics import evaluation_dataset, gate_dataset, log_model_metrics
 from srvau.tracking.models import (
     checkpoint_digest,
     find_logged_model,
@@ -55,8 +55,10 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
         origin = "logged by register (no logged model of the training run matched)"
     else:
         origin = f"logged by run {model.source_run_id}"
-    if metrics and model_metric(model, gate) is None:  # evaluate ran without tracking: bring its numbers
-        log_model_metrics(model.model_id, label, metrics, params)
+    if metrics and model_metric(model, gate, gate_dataset(params)) is None:  # evaluate ran without tracking: bring its numbers
+        cfg = params.evaluate
+        dataset = evaluation_dataset(params.resolve(params.paths.ingest) / "manifest.parquet", cfg.split, cfg.limit)
+        log_model_metrics(model.model_id, label, metrics, params, dataset)
     version = str(mlflow.register_model(f"models:/{model.model_id}", name).version)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, params.register_.alias, version)
@@ -97,10 +99,11 @@ def not_above_prior(metrics: dict[str, Any], label: str, gate: str) -> str | Non
             f"most common answer): not promoted automatically (`srvau registry promote` can, by hand)")
 
 
-def gate_value(client, name: str, version: str, metric: str) -> float | None:
-    """``metric`` of a registry version, read from the metrics of the logged model it points at."""
+def gate_value(client, name: str, version: str, metric: str, dataset: str) -> float | None:
+    """``metric`` of a registry version on ``dataset``, read from the metrics of the logged model it
+    points at."""
     model_id = model_id_of_version(client.get_model_version(name, version))
-    return model_metric(client.get_logged_model(model_id), metric) if model_id else None
+    return model_metric(client.get_logged_model(model_id), metric, dataset) if model_id else None
 
 
 def promote(params: Params, version: str | None = None, alias: str = "champion", metric: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -117,8 +120,9 @@ def promote(params: Params, version: str | None = None, alias: str = "champion",
         current = str(client.get_model_version_by_alias(name, alias).version)
     except mlflow.exceptions.MlflowException:
         current = None
-    new_value = gate_value(client, name, version, metric)
-    old_value = gate_value(client, name, current, metric) if current else None
+    dataset = gate_dataset(params)  # e.g. data/ingest/manifest.parquet:test, never a val pool's numbers
+    new_value = gate_value(client, name, version, metric, dataset)
+    old_value = gate_value(client, name, current, metric, dataset) if current else None
     if not force and current and current != version:
         if new_value is None:
             raise ValueError(f"version {version} has no {metric} metric on its logged model; use --force to promote anyway")

@@ -28,7 +28,7 @@ import pytest
 from srvau.config import load_params
 from srvau.io import read_jsonl
 from srvau.tracking import runs
-from srvau.tracking.model_metrics import log_evaluation_to_models
+from srvau.tracking.model_metrics import evaluation_dataset, gate_dataset, log_evaluation_to_models
 from srvau.tracking.models import TAG_DIGEST, checkpoint_digest, log_stage_model, model_id_of_version
 from srvau.tracking.registry import promote, register
 from srvau.tracking.runs import stage_run, tracking_uri
@@ -80,6 +80,11 @@ def _variant(tiny_model_dir: Path, tmp_path: Path, n: int) -> Path:
     return dest
 
 
+def _test_dataset(params):
+    """What the pipeline's evaluate stage measures on: the project's manifest, ``evaluate.split``."""
+    return evaluation_dataset(params.resolve(params.paths.ingest) / "manifest.parquet", params.evaluate.split)
+
+
 def _model_metrics(model) -> dict[str, float]:
     return {m.key: m.value for m in model.metrics if m.key.startswith("evaluate.")}
 
@@ -100,7 +105,7 @@ def test_register_registers_the_logged_model_of_the_training_run(tmp_path, reg_p
     metrics_file = _metrics(tmp_path, "metrics.json", 50.0)
     with stage_run(reg_params, "evaluate") as eval_run:
         linked = log_evaluation_to_models({"grpo": str(ckpt), "base": "Qwen/Qwen2.5-VL-3B-Instruct"},
-                                          json.loads(metrics_file.read_text()), reg_params)
+                                          json.loads(metrics_file.read_text()), reg_params, _test_dataset(reg_params))
     assert linked == {"grpo": model_id}
     with stage_run(reg_params, "register"):
         result = register(ckpt, metrics_file, reg_params, tmp_path / "registry.json")
@@ -149,6 +154,32 @@ def test_register_logs_the_checkpoint_when_no_training_run_did(tmp_path, reg_par
     forced = promote(reg_params, version="2", force=True)
     assert forced["previous"] == "1" and forced["reason"] == "forced"
     assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == "2"
+
+
+def test_the_gate_reads_the_test_split_not_the_last_evaluation(tmp_path, reg_params, tiny_model_dir):
+    """A champion later evaluated on a val pool (another manifest, another split) keeps its test number
+    for the gate: a challenger better on test is promoted, and the pool's number stays on the model,
+    on its own dataset."""
+    first_ckpt, second_ckpt = _variant(tiny_model_dir, tmp_path, 1), _variant(tiny_model_dir, tmp_path, 2)
+    with stage_run(reg_params, "register"):
+        first = register(first_ckpt, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
+    assert first["promotion"]["promoted"]
+    pool = tmp_path / "pool" / "manifest.parquet"
+    pool.parent.mkdir()
+    pool.write_bytes(b"another manifest")
+    pool_metrics = json.loads(_metrics(tmp_path, "pool.json", 90.0).read_text())
+    with stage_run(reg_params, "evaluate"):  # `srvau evaluate --manifest POOL --set evaluate.split=val`
+        linked = log_evaluation_to_models({"grpo": str(first_ckpt)}, pool_metrics, reg_params, evaluation_dataset(pool, "val"))
+    assert linked == {"grpo": first["model_id"]}
+    gate = {m.dataset_name: m.value for m in mlflow.get_logged_model(first["model_id"]).metrics
+            if m.key == "evaluate.grpo.qa.reflect.accuracy"}
+    assert gate == {gate_dataset(reg_params): 50.0, f"{pool}:val": 90.0}
+    assert gate_dataset(reg_params) == "data/ingest/manifest.parquet:test"
+
+    with stage_run(reg_params, "register"):
+        second = register(second_ckpt, _metrics(tmp_path, "m2.json", 70.0), reg_params, tmp_path / "r2.json")
+    assert second["promotion"]["promoted"], second["promotion"]  # 70 on test beats 50 on test (not 90 on the pool)
+    assert (second["promotion"]["value"], second["promotion"]["previous_value"]) == (70.0, 50.0)
 
 
 def test_a_model_not_above_the_video_blind_prior_is_not_promoted(tmp_path, reg_params, tiny_model_dir, caplog):

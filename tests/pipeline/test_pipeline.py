@@ -373,6 +373,7 @@ def test_a_pipeline_run_leaves_its_lineage_in_mlflow_and_a_summary_in_prefect(st
             assert f"evaluate.{name}.qa.reflect.accuracy" in evaluated
             assert f"evaluate.{name}.grounding.reflect.miou" in evaluated
             assert {m.run_id for m in evaluated.values()} == {children["evaluate"].info.run_id}
+            assert {m.dataset_name for m in evaluated.values()} == {"data/ingest/manifest.parquet:test"}
             assert len(model.metrics) < 40  # the headline, not the evaluate run's ~170
         champion = client.get_model_version_by_alias("srvau-qwen2_5-vl", "champion")
         assert model_id_of_version(champion) == models["grpo"].model_id
