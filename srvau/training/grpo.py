@@ -438,6 +438,26 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
     return list(out.values())
 
 
+def interleave_tasks(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The prompts in an order where every run of consecutive prompts carries the tasks in their overall
+    proportions: each task's rows are shuffled (seeded), row ``i`` of ``n`` gets the position
+    ``(i + 0.5) / n``, and the tasks are merged by position. With a random order, one quarter of a short
+    run can hold twice as many grounding prompts as another, and grounding pays less than QA, so the
+    mean reward's trend measures the task mix as well as learning (docs/rewards.md)."""
+    import random
+
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    rng = random.Random(seed)
+    keyed = []
+    for rank, task in enumerate(sorted(by_task)):
+        group = by_task[task]
+        rng.shuffle(group)
+        keyed += [((i + 0.5) / len(group), rank, r) for i, r in enumerate(group)]
+    return [r for *_, r in sorted(keyed, key=lambda k: k[:2])]
+
+
 def grpo_config(
     cfg: GrpoConfig, params: Params, checkpoints: Path, reward_weights: list[float], bf16: bool | None = None
 ) -> GRPOConfig:
@@ -471,6 +491,8 @@ def grpo_config(
         report_to="none",
         seed=params.seed,
         data_seed=params.seed,
+        # "interleaved": the dataset is already in its training order (interleave_tasks)
+        shuffle_dataset=cfg.task_order == "shuffled",
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
@@ -531,6 +553,8 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
     cfg = params.grpo
     out_dir = Path(out_dir)
     rows = grpo_rows(load_split(Path(rocot_dir), "train").to_list(), cfg, params)
+    if cfg.task_order == "interleaved":
+        rows = interleave_tasks(rows, params.seed)
     log.info("GRPO on %d prompts (%s) from %s", len(rows), ", ".join(cfg.tasks), rocot_dir)
     fingerprint = ckpts.run_fingerprint(params, "grpo", init_model, ckpts.data_digest(rows))
     resume = ckpts.resume_point(out_dir / "checkpoints", fingerprint, cfg.resume)

@@ -236,6 +236,49 @@ def test_training_changes_every_trainable_parameter(mode, tiny_model_dir, grpo_r
     assert all(h.get("kl") is not None for h in trainer.state.log_history if "loss" in h)
 
 
+def interleaving_input():
+    """Unbalanced tasks, as a dataset whose grounding is only annotated on some videos would have."""
+    counts = {"qa": 30, "grounding": 12, "classification": 18}
+    return [{"task": t, "sample_id": f"{t}{i}"} for t, n in counts.items() for i in range(n)]
+
+
+def test_interleaved_prompts_carry_the_tasks_in_proportion_in_every_stretch():
+    from collections import Counter
+
+    from srvau.training.grpo import interleave_tasks
+
+    rows = interleaving_input()
+    order = interleave_tasks(rows, seed=0)
+    assert sorted(r["sample_id"] for r in order) == sorted(r["sample_id"] for r in rows)  # a permutation
+    share = {t: n / len(rows) for t, n in Counter(r["task"] for r in rows).items()}
+    for width in (5, 10, 15):  # every window of consecutive prompts, e.g. a quarter of a short run
+        for start in range(len(order) - width + 1):
+            seen = Counter(r["task"] for r in order[start : start + width])
+            for task, p in share.items():
+                assert abs(seen[task] - p * width) <= 2, (width, start, task, seen)
+
+
+def test_interleaving_is_seeded_and_shuffles_within_each_task():
+    from srvau.training.grpo import interleave_tasks
+
+    rows = interleaving_input()
+    ids = lambda seed: [r["sample_id"] for r in interleave_tasks(rows, seed)]  # noqa: E731
+    assert ids(3) == ids(3) and ids(3) != ids(4)
+    qa = [i for i in ids(3) if i.startswith("qa")]
+    assert qa != sorted(qa, key=lambda i: int(i[2:]))  # not the input's order
+
+
+def test_task_order_decides_whether_trl_shuffles(gparams, tmp_path):
+    """"shuffled" (the default) is TRL's own shuffle; interleaved prompts are fed in their order (TRL's
+    shuffle would undo it)."""
+    from srvau.training.grpo import grpo_config
+
+    assert gparams.grpo.task_order == "shuffled"
+    assert grpo_config(gparams.grpo, gparams, tmp_path, [1.0]).shuffle_dataset is True
+    cfg = gparams.grpo.model_copy(update={"task_order": "interleaved"})
+    assert grpo_config(cfg, gparams, tmp_path, [1.0]).shuffle_dataset is False
+
+
 def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_dir, rocot_dir, gparams, tmp_path):
     import mlflow
 
@@ -244,6 +287,8 @@ def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_d
     from srvau.training.grpo import grpo
 
     out = tmp_path / "grpo"
+    # interleaved here: the default (TRL's shuffle) is what every other test trains with
+    gparams = gparams.model_copy(update={"grpo": gparams.grpo.model_copy(update={"task_order": "interleaved"})})
     with stage_run(gparams, "grpo"):  # the CLI opens the stage's run; grpo() logs into it
         summary = grpo(rocot_dir, str(tiny_model_dir), out, gparams)
     assert summary["global_step"] == 2 and summary["resumed_from"] is None
@@ -271,6 +316,14 @@ def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_d
     cols = table["columns"]
     assert {"prompt", "completion", "sample_id", "task", "reward/format", "advantage"} <= set(cols)
     assert len(table["data"]) == 4
+    # the steps train on the interleaved order: two prompts per step, the first four of it
+    from srvau.training.grpo import grpo_rows, interleave_tasks
+    from srvau.training.sft import load_split
+
+    order = [r["sample_id"] for r in interleave_tasks(grpo_rows(load_split(rocot_dir, "train").to_list(), gparams.grpo, gparams), gparams.seed)]
+    for step, path in enumerate(tables):
+        t = json.loads(Path(client.download_artifacts(run.info.run_id, path, str(tmp_path))).read_text())
+        assert {row[t["columns"].index("sample_id")] for row in t["data"]} == set(order[2 * step : 2 * step + 2])
 
 
 def test_difficulty_filter_zeroes_advantages_of_trivial_groups(tiny_model_dir, grpo_rows, gparams, tmp_path):
