@@ -48,7 +48,13 @@ def dataset_name(manifest: str | Path, split: str, limit: int | None = None) -> 
 def gate_dataset(params: Params) -> str:
     """The dataset whose metrics the registry's gate compares: the project's manifest and
     ``evaluate.split``, what the pipeline's evaluate stage measures."""
-    return dataset_name(params.resolve(params.paths.ingest) / "manifest.parquet", params.evaluate.split, params.evaluate.limit)
+    return pipeline_dataset(params).name
+
+
+def pipeline_dataset(params: Params):
+    """:func:`evaluation_dataset` of the pipeline's own evaluation (project manifest, ``evaluate.split``)."""
+    cfg = params.evaluate
+    return evaluation_dataset(params.resolve(params.paths.ingest) / "manifest.parquet", cfg.split, cfg.limit)
 
 
 def evaluation_dataset(manifest: str | Path, split: str, limit: int | None = None):

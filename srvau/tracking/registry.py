@@ -21,7 +21,7 @@ from typing import Any
 
 from srvau.config import Params
 from srvau.evaluation.headline import PRIOR
-from srvau.tracking.model_metrics import evaluation_dataset, gate_dataset, log_model_metrics
+from srvau.tracking.model_metrics import gate_dataset, log_model_metrics, pipeline_dataset
 from srvau.tracking.models import (
     checkpoint_digest,
     find_logged_model,
@@ -56,9 +56,7 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     else:
         origin = f"logged by run {model.source_run_id}"
     if metrics and model_metric(model, gate, gate_dataset(params)) is None:  # evaluate ran without tracking: bring its numbers
-        cfg = params.evaluate
-        dataset = evaluation_dataset(params.resolve(params.paths.ingest) / "manifest.parquet", cfg.split, cfg.limit)
-        log_model_metrics(model.model_id, label, metrics, params, dataset)
+        log_model_metrics(model.model_id, label, metrics, params, pipeline_dataset(params))
     version = str(mlflow.register_model(f"models:/{model.model_id}", name).version)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, params.register_.alias, version)

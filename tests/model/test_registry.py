@@ -28,7 +28,7 @@ import pytest
 from srvau.config import load_params
 from srvau.io import read_jsonl
 from srvau.tracking import runs
-from srvau.tracking.model_metrics import evaluation_dataset, gate_dataset, log_evaluation_to_models
+from srvau.tracking.model_metrics import evaluation_dataset, gate_dataset, log_evaluation_to_models, pipeline_dataset
 from srvau.tracking.models import TAG_DIGEST, checkpoint_digest, log_stage_model, model_id_of_version
 from srvau.tracking.registry import promote, register
 from srvau.tracking.runs import stage_run, tracking_uri
@@ -80,11 +80,6 @@ def _variant(tiny_model_dir: Path, tmp_path: Path, n: int) -> Path:
     return dest
 
 
-def _test_dataset(params):
-    """What the pipeline's evaluate stage measures on: the project's manifest, ``evaluate.split``."""
-    return evaluation_dataset(params.resolve(params.paths.ingest) / "manifest.parquet", params.evaluate.split)
-
-
 def _model_metrics(model) -> dict[str, float]:
     return {m.key: m.value for m in model.metrics if m.key.startswith("evaluate.")}
 
@@ -105,7 +100,7 @@ def test_register_registers_the_logged_model_of_the_training_run(tmp_path, reg_p
     metrics_file = _metrics(tmp_path, "metrics.json", 50.0)
     with stage_run(reg_params, "evaluate") as eval_run:
         linked = log_evaluation_to_models({"grpo": str(ckpt), "base": "Qwen/Qwen2.5-VL-3B-Instruct"},
-                                          json.loads(metrics_file.read_text()), reg_params, _test_dataset(reg_params))
+                                          json.loads(metrics_file.read_text()), reg_params, pipeline_dataset(reg_params))
     assert linked == {"grpo": model_id}
     with stage_run(reg_params, "register"):
         result = register(ckpt, metrics_file, reg_params, tmp_path / "registry.json")
