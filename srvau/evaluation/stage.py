@@ -5,6 +5,8 @@ Outputs under ``out_dir`` (``reports/eval`` by default)::
     metrics.json                 DVC metrics: model -> task -> style -> metrics (+ reflection, vau_eval,
                                  paired: against the model evaluated before it);
                                  first the video-blind ``prior`` (srvau.evaluation.prior)
+    dataset.json                 what the numbers were measured on: manifest, split, limit, the
+                                 manifest's digest (srvau.tracking.model_metrics.dataset_record)
     inference.json               throughput, padding and ``processes`` (the world size) per model (kept
                                  out of metrics.json: machine-dependent noise for ``dvc metrics diff``)
     predictions/<model>.jsonl    one record per (video, task, style): prompt, output, parsed answers, truth
@@ -285,6 +287,7 @@ def evaluate(
     from srvau.evaluation.judge import judge_records
     from srvau.evaluation.report import write_report
     from srvau.modeling import load_model, load_processor
+    from srvau.tracking.model_metrics import DATASET_FILE, dataset_record
     from srvau.tracking.runs import (
         log_stage_artifact,
         log_stage_artifacts,
@@ -346,6 +349,7 @@ def evaluate(
     if not main:  # the main process writes and logs the same results
         return {"metrics": str(metrics_path), "report": str(report), "predictions": predictions, "models": results}
     write_json(metrics_path, results)
+    write_json(out_dir / DATASET_FILE, dataset_record(manifest, cfg.split, cfg.limit))  # so `srvau register` knows
     # Always written, so the judge folder is a stable DVC output and its settings are on record.
     write_json(out_dir / "judge" / "settings.json", {"enabled": cfg.judge.enabled, **cfg.judge.model_dump(exclude={"enabled", "api_key_env"})})
     write_json(out_dir / "inference.json", inference)
@@ -366,7 +370,7 @@ def evaluate(
     log_stage_params({"evaluate.world_size": world})  # how it was launched (srvau.launch)
     if cfg.judge.enabled:
         set_stage_tags({"evaluate.judge.model": cfg.judge.model, "evaluate.judge.temperature": str(cfg.judge.temperature)})
-    for path in (metrics_path, out_dir / "inference.json", report_path):
+    for path in (metrics_path, out_dir / DATASET_FILE, out_dir / "inference.json", report_path):
         log_stage_artifact(path, artifact_path="evaluate")
     log_stage_artifacts(report_path.parent / "figures", artifact_path="evaluate/figures")
     return {"metrics": str(metrics_path), "report": str(report_path), "predictions": predictions, "models": results}

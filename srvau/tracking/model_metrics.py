@@ -9,24 +9,29 @@ the ~100 the evaluate run holds. They are keyed as in that run (``evaluate.<labe
 Each value is logged on the MLflow dataset it was measured on (:func:`evaluation_dataset`: the manifest,
 project-relative, and the split). The same model evaluated on a val pool or another manifest then keeps
 those numbers apart from its test numbers, and the registry's gate reads only the gate dataset's
-(:func:`gate_dataset`), never whichever evaluation ran last.
+(:func:`gate_dataset`), never whichever evaluation ran last. The evaluate stage writes the dataset beside
+its metrics.json (:data:`DATASET_FILE`), so ``srvau register --metrics FILE`` logs a file's numbers on the
+data they were measured on, not on the gate's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import warnings
 from pathlib import Path
 from typing import Any
 
-from srvau.config import Params, project_relative
+from srvau.config import PROJECT_ROOT, Params, project_relative
 from srvau.evaluation.headline import MAIN_METRIC
 from srvau.tracking.models import checkpoint_digest, find_logged_model, is_checkpoint
 from srvau.tracking.runs import flatten, track_call
 
 log = logging.getLogger(__name__)
+
+DATASET_FILE = "dataset.json"  # beside metrics.json: the data its numbers were measured on (dataset_record)
 
 
 def headline_metrics(label_metrics: dict[str, Any], prefix: str, extra: tuple[str, ...] = ()) -> dict[str, float]:
@@ -57,18 +62,42 @@ def pipeline_dataset(params: Params):
     return evaluation_dataset(params.resolve(params.paths.ingest) / "manifest.parquet", cfg.split, cfg.limit)
 
 
+def dataset_record(manifest: str | Path, split: str, limit: int | None = None) -> dict[str, Any]:
+    """What an evaluation was measured on: :func:`dataset_name`, the manifest (project-relative), the
+    split, the video limit, and the manifest's sha256 (first 16 hex digits; "missing" when the file is
+    not there). Written as :data:`DATASET_FILE` beside metrics.json."""
+    path = Path(manifest)
+    return {"name": dataset_name(manifest, split, limit), "manifest": project_relative(manifest), "split": split,
+            "limit": limit, "digest": hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"}
+
+
 def evaluation_dataset(manifest: str | Path, split: str, limit: int | None = None):
-    """The MLflow dataset for metrics measured on ``split`` of ``manifest``: :func:`dataset_name`, and
-    the manifest's sha256 (first 16 hex digits; "missing" when the file is not there) as its digest."""
+    """The MLflow dataset for metrics measured on ``split`` of ``manifest`` (:func:`dataset_record`)."""
+    return mlflow_dataset(dataset_record(manifest, split, limit))
+
+
+def mlflow_dataset(record: dict[str, Any]):
+    """The MLflow dataset of a :func:`dataset_record`: its name and digest, the manifest as its source."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    path = Path(manifest)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
     with warnings.catch_warnings():  # mlflow registers its local-file source twice and says so
         warnings.simplefilter("ignore")
-        source = resolve_dataset_source(str(path.resolve()))
-    return MetaDataset(source=source, name=dataset_name(manifest, split, limit), digest=digest)
+        source = resolve_dataset_source(str((PROJECT_ROOT / record["manifest"]).resolve()))
+    return MetaDataset(source=source, name=record["name"], digest=record["digest"])
+
+
+def recorded_dataset(metrics_file: str | Path):
+    """The MLflow dataset recorded beside an evaluation's metrics.json (:data:`DATASET_FILE`); None when
+    there is no record (a file from before the record existed, or not written by the evaluate stage)."""
+    record_file = Path(metrics_file).parent / DATASET_FILE
+    if not record_file.is_file():
+        return None
+    record = json.loads(record_file.read_text())
+    missing = {"name", "manifest", "digest"} - record.keys()
+    if missing:
+        raise ValueError(f"{record_file} lacks {', '.join(sorted(missing))}: not a dataset record of srvau evaluate")
+    return mlflow_dataset(record)
 
 
 def log_model_metrics(model_id: str, label: str, label_metrics: dict[str, Any], params: Params, dataset) -> dict[str, float]:

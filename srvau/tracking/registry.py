@@ -21,7 +21,13 @@ from typing import Any
 
 from srvau.config import Params
 from srvau.evaluation.headline import PRIOR
-from srvau.tracking.model_metrics import gate_dataset, log_model_metrics, pipeline_dataset
+from srvau.tracking.model_metrics import (
+    DATASET_FILE,
+    gate_dataset,
+    log_model_metrics,
+    pipeline_dataset,
+    recorded_dataset,
+)
 from srvau.tracking.models import (
     checkpoint_digest,
     find_logged_model,
@@ -55,8 +61,8 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
         origin = "logged by register (no logged model of the training run matched)"
     else:
         origin = f"logged by run {model.source_run_id}"
-    if metrics and model_metric(model, gate, gate_dataset(params)) is None:  # evaluate ran without tracking: bring its numbers
-        log_model_metrics(model.model_id, label, metrics, params, pipeline_dataset(params))
+    if metrics:  # evaluate ran without tracking: bring its numbers, on the data they were measured on
+        bring_metrics(model, label, metrics, metrics_file, params)
     version = str(mlflow.register_model(f"models:/{model.model_id}", name).version)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, params.register_.alias, version)
@@ -78,6 +84,22 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def bring_metrics(model, label: str, metrics: dict[str, Any], metrics_file: Path, params: Params) -> None:
+    """Log ``metrics`` (one model's entry of ``metrics_file``) against ``model`` on the dataset recorded
+    beside the file, unless the model already has the gate metric there."""
+    gate = params.register_.gate_metric
+    dataset = recorded_dataset(metrics_file)
+    if dataset is None:
+        dataset = pipeline_dataset(params)
+        log.warning("%s has no %s beside it: its numbers are taken to be on %s", metrics_file, DATASET_FILE, dataset.name)
+    if model_metric(model, gate, dataset.name) is not None:
+        return
+    log_model_metrics(model.model_id, label, metrics, params, dataset)
+    if dataset.name != gate_dataset(params):
+        log.warning("%s holds metrics on %s; the promotion gate reads %s, so it will not compare them",
+                    metrics_file, dataset.name, gate_dataset(params))
 
 
 def not_above_prior(metrics: dict[str, Any], label: str, gate: str) -> str | None:

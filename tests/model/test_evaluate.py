@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -383,6 +384,9 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     assert settings["enabled"] and settings["model"] == p.evaluate.judge.model and "api_key_env" not in settings
     inference = json.loads((out / "inference.json").read_text())
     assert inference["base"]["samples"] == len(recs) and inference["base"]["samples_per_s"] > 0
+    dataset = json.loads((out / "dataset.json").read_text())  # what `srvau register --metrics` logs them on
+    assert dataset == {"name": f"{manifest}:test[:2]", "manifest": str(manifest), "split": "test", "limit": 2,
+                       "digest": hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]}
     html = Path(result["report"]).read_text()
     assert result["report"] == str(out / "report.html") and len(_images(html)) == 5
     assert "<th>prior</th><th>base</th><th>grpo</th>" in html and "VAU-Eval" in html
@@ -396,7 +400,7 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     assert run.data.metrics["evaluate.grpo.paired.base.pooled.difference"] == 0.0
     assert run.data.tags["evaluate.judge.model"] == p.evaluate.judge.model
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
-    assert {"evaluate/metrics.json", "evaluate/report.html", "evaluate/figures"} <= arts
+    assert {"evaluate/metrics.json", "evaluate/dataset.json", "evaluate/report.html", "evaluate/figures"} <= arts
 
 
 def test_resolve_checkpoint(tmp_path, params):

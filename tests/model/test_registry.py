@@ -28,7 +28,14 @@ import pytest
 from srvau.config import load_params
 from srvau.io import read_jsonl
 from srvau.tracking import runs
-from srvau.tracking.model_metrics import evaluation_dataset, gate_dataset, log_evaluation_to_models, pipeline_dataset
+from srvau.tracking.model_metrics import (
+    DATASET_FILE,
+    dataset_record,
+    evaluation_dataset,
+    gate_dataset,
+    log_evaluation_to_models,
+    pipeline_dataset,
+)
 from srvau.tracking.models import TAG_DIGEST, checkpoint_digest, log_stage_model, model_id_of_version
 from srvau.tracking.registry import promote, register
 from srvau.tracking.runs import stage_run, tracking_uri
@@ -175,6 +182,33 @@ def test_the_gate_reads_the_test_split_not_the_last_evaluation(tmp_path, reg_par
         second = register(second_ckpt, _metrics(tmp_path, "m2.json", 70.0), reg_params, tmp_path / "r2.json")
     assert second["promotion"]["promoted"], second["promotion"]  # 70 on test beats 50 on test (not 90 on the pool)
     assert (second["promotion"]["value"], second["promotion"]["previous_value"]) == (70.0, 50.0)
+
+
+def test_register_logs_a_metrics_file_on_the_data_it_was_measured_on(tmp_path, reg_params, tiny_model_dir, caplog):
+    """`srvau register --metrics FILE` with the metrics of a val-pool evaluation (its dataset.json beside
+    it, as the evaluate stage writes): the numbers go on the pool's dataset, not the gate's, so a
+    challenger that is better only on the pool does not replace the champion."""
+    first_ckpt, second_ckpt = _variant(tiny_model_dir, tmp_path, 1), _variant(tiny_model_dir, tmp_path, 2)
+    with stage_run(reg_params, "register"):
+        first = register(first_ckpt, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
+    assert first["promotion"]["promoted"]
+    pool = tmp_path / "pool" / "manifest.parquet"
+    pool.parent.mkdir()
+    pool.write_bytes(b"another manifest")
+    pool_eval = tmp_path / "pool-eval"
+    pool_eval.mkdir()
+    pool_metrics = _metrics(pool_eval, "metrics.json", 90.0)
+    (pool_eval / DATASET_FILE).write_text(json.dumps(dataset_record(pool, "val")))
+
+    with caplog.at_level("WARNING"), stage_run(reg_params, "register"):
+        second = register(second_ckpt, pool_metrics, reg_params, tmp_path / "r2.json")
+    gate = {m.dataset_name: (m.value, m.dataset_digest) for m in mlflow.get_logged_model(second["model_id"]).metrics
+            if m.key == "evaluate.grpo.qa.reflect.accuracy"}
+    assert gate == {f"{pool}:val": (90.0, dataset_record(pool, "val")["digest"])}
+    assert f"the promotion gate reads {gate_dataset(reg_params)}" in caplog.text
+    assert second["promotion"]["promoted"] is False and "has no qa.reflect.accuracy metric" in second["promotion"]["reason"]
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == first["version"]
 
 
 def test_a_model_not_above_the_video_blind_prior_is_not_promoted(tmp_path, reg_params, tiny_model_dir, caplog):
