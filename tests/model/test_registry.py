@@ -158,10 +158,9 @@ def test_register_logs_the_checkpoint_when_no_training_run_did(tmp_path, reg_par
     assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == "2"
 
 
-def test_the_gate_reads_the_test_split_not_the_last_evaluation(tmp_path, reg_params, tiny_model_dir):
-    """A champion later evaluated on a val pool (another manifest, another split) keeps its test number
-    for the gate: a challenger better on test is promoted, and the pool's number stays on the model,
-    on its own dataset."""
+def _champion_and_pool(tmp_path, reg_params, tiny_model_dir):
+    """A first model registered (and promoted) at 50 on test, a second checkpoint, and a val pool's
+    manifest (another file than the project's)."""
     first_ckpt, second_ckpt = _variant(tiny_model_dir, tmp_path, 1), _variant(tiny_model_dir, tmp_path, 2)
     with stage_run(reg_params, "register"):
         first = register(first_ckpt, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
@@ -169,6 +168,14 @@ def test_the_gate_reads_the_test_split_not_the_last_evaluation(tmp_path, reg_par
     pool = tmp_path / "pool" / "manifest.parquet"
     pool.parent.mkdir()
     pool.write_bytes(b"another manifest")
+    return first, first_ckpt, second_ckpt, pool
+
+
+def test_the_gate_reads_the_test_split_not_the_last_evaluation(tmp_path, reg_params, tiny_model_dir):
+    """A champion later evaluated on a val pool (another manifest, another split) keeps its test number
+    for the gate: a challenger better on test is promoted, and the pool's number stays on the model,
+    on its own dataset."""
+    first, first_ckpt, second_ckpt, pool = _champion_and_pool(tmp_path, reg_params, tiny_model_dir)
     pool_metrics = json.loads(_metrics(tmp_path, "pool.json", 90.0).read_text())
     with stage_run(reg_params, "evaluate"):  # `srvau evaluate --manifest POOL --set evaluate.split=val`
         linked = log_evaluation_to_models({"grpo": str(first_ckpt)}, pool_metrics, reg_params, evaluation_dataset(pool, "val"))
@@ -188,13 +195,7 @@ def test_register_logs_a_metrics_file_on_the_data_it_was_measured_on(tmp_path, r
     """`srvau register --metrics FILE` with the metrics of a val-pool evaluation (its dataset.json beside
     it, as the evaluate stage writes): the numbers go on the pool's dataset, not the gate's, so a
     challenger that is better only on the pool does not replace the champion."""
-    first_ckpt, second_ckpt = _variant(tiny_model_dir, tmp_path, 1), _variant(tiny_model_dir, tmp_path, 2)
-    with stage_run(reg_params, "register"):
-        first = register(first_ckpt, _metrics(tmp_path, "m1.json", 50.0), reg_params, tmp_path / "r1.json")
-    assert first["promotion"]["promoted"]
-    pool = tmp_path / "pool" / "manifest.parquet"
-    pool.parent.mkdir()
-    pool.write_bytes(b"another manifest")
+    first, _, second_ckpt, pool = _champion_and_pool(tmp_path, reg_params, tiny_model_dir)
     pool_eval = tmp_path / "pool-eval"
     pool_eval.mkdir()
     pool_metrics = _metrics(pool_eval, "metrics.json", 90.0)
