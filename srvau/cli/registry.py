@@ -29,7 +29,7 @@ def register_cmd(
     with stage_tracking(p, "register"):
         try:
             result = register(checkpoint, metrics, p, out)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:  # no checkpoint, or a dataset.json that is not evaluate's
             raise fail(str(e)) from None
     typer.echo(json.dumps(result))
 

@@ -16,7 +16,6 @@ data they were measured on, not on the gate's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from typing import Any
 
 from srvau.config import PROJECT_ROOT, Params, project_relative
 from srvau.evaluation.headline import MAIN_METRIC
+from srvau.io import sha256_file
 from srvau.tracking.models import checkpoint_digest, find_logged_model, is_checkpoint
 from srvau.tracking.runs import flatten, track_call
 
@@ -68,7 +68,7 @@ def dataset_record(manifest: str | Path, split: str, limit: int | None = None) -
     not there). Written as :data:`DATASET_FILE` beside metrics.json."""
     path = Path(manifest)
     return {"name": dataset_name(manifest, split, limit), "manifest": project_relative(manifest), "split": split,
-            "limit": limit, "digest": hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"}
+            "limit": limit, "digest": sha256_file(path)[:16] if path.is_file() else "missing"}
 
 
 def evaluation_dataset(manifest: str | Path, split: str, limit: int | None = None):

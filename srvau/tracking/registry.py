@@ -52,6 +52,7 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     name, label, gate = params.tracking.registered_model, params.register_.model_label, params.register_.gate_metric
     all_metrics = json.loads(metrics_file.read_text()) if metrics_file and metrics_file.exists() else {}
     metrics = all_metrics.get(label, {})
+    measured_on = recorded_dataset(metrics_file) if metrics else None  # read (and checked) before anything is logged
     digest = checkpoint_digest(checkpoint)
     model = find_logged_model(digest, params, stage=label)
     if model is None:
@@ -62,7 +63,7 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     else:
         origin = f"logged by run {model.source_run_id}"
     if metrics:  # evaluate ran without tracking: bring its numbers, on the data they were measured on
-        bring_metrics(model, label, metrics, metrics_file, params)
+        bring_metrics(model, label, metrics, metrics_file, measured_on, params)
     version = str(mlflow.register_model(f"models:/{model.model_id}", name).version)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, params.register_.alias, version)
@@ -86,11 +87,11 @@ def register(checkpoint: Path, metrics_file: Path | None, params: Params, out: P
     return result
 
 
-def bring_metrics(model, label: str, metrics: dict[str, Any], metrics_file: Path, params: Params) -> None:
-    """Log ``metrics`` (one model's entry of ``metrics_file``) against ``model`` on the dataset recorded
-    beside the file, unless the model already has the gate metric there."""
+def bring_metrics(model, label: str, metrics: dict[str, Any], metrics_file: Path, dataset, params: Params) -> None:
+    """Log ``metrics`` (one model's entry of ``metrics_file``) against ``model`` on ``dataset``, the one
+    recorded beside the file (:func:`recorded_dataset`; None: the pipeline's, with a warning), unless the
+    model already has the gate metric there."""
     gate = params.register_.gate_metric
-    dataset = recorded_dataset(metrics_file)
     if dataset is None:
         dataset = pipeline_dataset(params)
         log.warning("%s has no %s beside it: its numbers are taken to be on %s", metrics_file, DATASET_FILE, dataset.name)

@@ -443,7 +443,9 @@ def interleave_tasks(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str
     proportions: each task's rows are shuffled (seeded), row ``i`` of ``n`` gets the position
     ``(i + 0.5) / n``, and the tasks are merged by position. With a random order, one quarter of a short
     run can hold twice as many grounding prompts as another, and grounding pays less than QA, so the
-    mean reward's trend measures the task mix as well as learning (docs/rewards.md)."""
+    mean reward's trend measures the task mix as well as learning (docs/rewards.md). (``datasets``'
+    ``interleave_datasets`` alternates one row per task and stops when the smallest runs out, or draws
+    tasks at random: neither keeps every row with tasks of unequal size in proportion.)"""
     import random
 
     by_task: dict[str, list[dict[str, Any]]] = {}

@@ -211,6 +211,15 @@ def test_register_logs_a_metrics_file_on_the_data_it_was_measured_on(tmp_path, r
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias("srvau-test", "champion").version) == first["version"]
 
+    # A record that is not evaluate's stops register before anything is logged or registered.
+    (pool_eval / DATASET_FILE).write_text(json.dumps({"name": "x"}))
+    exp_ids = [mlflow.get_experiment_by_name(reg_params.tracking.experiment).experiment_id]
+    logged = len(mlflow.search_logged_models(experiment_ids=exp_ids, output_format="list"))
+    with stage_run(reg_params, "register"), pytest.raises(ValueError, match="lacks digest, manifest"):
+        register(_variant(tiny_model_dir, tmp_path, 3), pool_metrics, reg_params, tmp_path / "r3.json")
+    assert len(mlflow.search_logged_models(experiment_ids=exp_ids, output_format="list")) == logged
+    assert len(client.search_model_versions("name='srvau-test'")) == 2
+
 
 def test_a_model_not_above_the_video_blind_prior_is_not_promoted(tmp_path, reg_params, tiny_model_dir, caplog):
     """The first model of a registry would become @champion unopposed; at chance on the gate metric (the
