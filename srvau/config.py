@@ -255,6 +255,7 @@ class SftConfig(Section):
     save_total_limit: int | None = Field(2, ge=1)
     resume: bool = True
     dataloader_num_workers: int = Field(0, ge=0)
+    keep_samples_mb: float = Field(0.0, ge=0)  # processed samples kept in RAM for later epochs (per process)
     # reading drills per step, replayed from the training QA prompts (srvau.training.sft); 0: none
     drill_replay: int = Field(0, ge=0)
 

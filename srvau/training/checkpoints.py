@@ -56,7 +56,8 @@ TRAINER_STATE = "trainer_state.json"
 ENGINE_STATE_RE = re.compile(r"^(global_step\d+|pytorch_model_fsdp_\d+|optimizer_\d+)$")
 # Settings that do not change what the checkpoints contain: free to change between a kill and a resume.
 BOOKKEEPING = {
-    "sft": {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "dataloader_num_workers"},
+    "sft": {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "dataloader_num_workers",
+            "keep_samples_mb"},
     "grpo": {"output_dir", "resume", "save_steps", "save_total_limit", "log_completions_every"},
 }
 

@@ -87,16 +87,95 @@ def training_chat_template(processor) -> str | None:
     return tmpl
 
 
+# Per-token tensors of a processed row and the value that pads them. The per-video ones are listed apart:
+# a row holds one video, whose patches are the prod(video_grid_thw) rows of pixel_values_videos.
+TOKEN_PADDING = {"input_ids": None, "attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0, "labels": -100}
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+def split_batch(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """A right-padded Qwen2.5-VL batch of one-video rows -> one unpadded batch of one per row (copies)."""
+    unknown = set(batch) - set(TOKEN_PADDING) - set(VIDEO_KEYS)
+    if unknown:
+        raise ValueError(f"the processor returned {sorted(unknown)}: unknown how to split them by row")
+    lengths = batch["attention_mask"].sum(1).tolist()
+    ends = batch["video_grid_thw"].prod(-1).cumsum(0).tolist()
+    rows = []
+    for i, n in enumerate(lengths):
+        row = {k: v[i : i + 1, :n].clone() for k, v in batch.items() if k in TOKEN_PADDING}
+        row["pixel_values_videos"] = batch["pixel_values_videos"][(ends[i - 1] if i else 0) : ends[i]].clone()
+        row |= {k: batch[k][i : i + 1].clone() for k in VIDEO_KEYS[1:] if k in batch}
+        rows.append(row)
+    return rows
+
+
+def collate_samples(samples: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One-row batches -> one right-padded batch: the tensors the processor returns for the rows at once
+    (``tests/model/test_sft.py`` checks it)."""
+    width = max(s["input_ids"].shape[1] for s in samples)
+    batch = {}
+    for key in samples[0]:
+        parts = [s[key] for s in samples]
+        if key in TOKEN_PADDING:
+            fill = pad_token_id if TOKEN_PADDING[key] is None else TOKEN_PADDING[key]
+            out = parts[0].new_full((len(parts), width), fill)
+            for i, t in enumerate(parts):
+                out[i, : t.shape[1]] = t[0]
+            batch[key] = out
+        else:
+            batch[key] = torch.cat(parts)
+    return batch
+
+
+def _row_key(ex: dict[str, Any]) -> tuple:
+    return ex["frames_path"], ex.get("system"), ex["prompt"], ex["completion"]
+
+
 @dataclass
 class VideoSFTCollator:
-    """RoCoT rows -> a Qwen2.5-VL training batch (labels on the assistant turn only)."""
+    """RoCoT rows -> a Qwen2.5-VL training batch (labels on the assistant turn only).
+
+    With ``keep_mb`` > 0 processed rows are kept in memory up to that many MiB (a video's patches once,
+    however many rows ask about it), so epochs after the first skip the frame reads and the chat
+    template, about a quarter of a demo SFT step (``bench/sft.py``). Rows past the budget are processed
+    every time. The rows live in the process that collates: DataLoader workers, which are not kept
+    alive between epochs, would lose them, so the budget pays with ``dataloader_num_workers: 0``.
+    """
 
     processor: Any
     video_loader: VideoLoader
     max_length: int | None = None
     chat_template: str | None = None
+    keep_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._rows: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._videos: dict[str, dict[str, torch.Tensor]] = {}
+        self.kept_bytes = 0
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        todo = [ex for ex in examples if _row_key(ex) not in self._rows]
+        made = {_row_key(ex): row for ex, row in zip(todo, split_batch(self._process(todo)))} if todo else {}
+        samples = []
+        for ex in examples:
+            key = _row_key(ex)
+            if key in made:
+                samples.append(made[key])
+                self._keep(key, ex["frames_path"], made[key])
+            else:
+                samples.append({**self._rows[key], **self._videos[ex["frames_path"]]})
+        return self._truncate(collate_samples(samples, self.processor.tokenizer.pad_token_id))
+
+    def _keep(self, key: tuple, frames_path: str, row: dict[str, torch.Tensor]) -> None:
+        tokens = {k: v for k, v in row.items() if k in TOKEN_PADDING}
+        video = {k: v for k, v in row.items() if k not in TOKEN_PADDING}
+        cost = _nbytes(tokens) + (0 if frames_path in self._videos else _nbytes(video))
+        if key not in self._rows and self.kept_bytes + cost <= self.keep_mb * 2**20:
+            self._rows[key] = tokens
+            self._videos.setdefault(frames_path, video)
+            self.kept_bytes += cost
+
+    def _process(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         convs, metas = [], []
         for ex in examples:
             frames, meta = self.video_loader(ex["frames_path"])
@@ -124,7 +203,7 @@ class VideoSFTCollator:
         if empty:
             raise ValueError(f"no assistant tokens found for sample(s) {empty}: check the chat template")
         batch["labels"] = labels
-        return self._truncate(dict(batch))
+        return dict(batch)
 
     def _truncate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = self.max_length
@@ -140,6 +219,10 @@ class VideoSFTCollator:
             if key in batch:
                 batch[key] = batch[key][:, :n]
         return batch
+
+
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.element_size() * t.nelement() for t in tensors.values())
 
 
 # ----------------------------------------------------------------------------- data
@@ -298,6 +381,7 @@ def build_trainer(
         video_loader=video_loader or functools.partial(load_video, params=params),
         max_length=s.max_length,
         chat_template=training_chat_template(processor),
+        keep_mb=s.keep_samples_mb,
     )
     replay = None
     if s.drill_replay:

@@ -197,6 +197,74 @@ def test_collator_masks_prompt_and_keeps_mm_token_types(rocot_dir, tiny_model_di
     assert (first.diff() == 1).all()
 
 
+def _whole_batch(proc, loader, examples, template):
+    """The batch as the processor makes it for all rows at once (the collator's reference)."""
+    import torch
+
+    from srvau.modeling.inputs import even_frames, video_metadata
+    from srvau.training.sft import _video_conversation
+
+    convs, metas = [], []
+    for ex in examples:
+        frames, meta = even_frames(*loader(ex["frames_path"]))
+        convs.append(_video_conversation(ex.get("system"), ex["prompt"], ex["completion"], frames))
+        metas.append(video_metadata(meta, len(frames)))
+    batch = proc.apply_chat_template(
+        convs, chat_template=template, tokenize=True, return_dict=True, return_tensors="pt",
+        return_assistant_tokens_mask=True,
+        processor_kwargs={"video_metadata": metas, "do_sample_frames": False, "padding": True, "padding_side": "right"})
+    assistant = torch.as_tensor(batch.pop("assistant_masks")).bool()
+    batch["labels"] = batch["input_ids"].masked_fill((batch["attention_mask"] == 0) | ~assistant, -100)
+    return dict(batch)
+
+
+def test_collator_kept_samples_give_the_processors_batches_and_read_each_video_once(rocot_dir, tiny_model_dir, params):
+    """Rows processed one by one and padded, or kept from an earlier epoch, make the very tensors the
+    processor makes for the whole batch; with room to keep them, a second epoch reads no frames."""
+    import functools
+
+    import torch
+
+    from srvau.modeling import load_processor
+    from srvau.training.common import load_video
+    from srvau.training.sft import VideoSFTCollator, training_chat_template
+
+    proc = load_processor(tiny_model_dir)
+    template = training_chat_template(proc)
+    rows = _train_rows(rocot_dir)
+    reads = []
+
+    def loader(path):
+        reads.append(path)
+        return load_video(path, params)
+
+    examples = [rows[i] for i in range(len(rows))]
+    batches = [examples[i : i + 3] for i in range(0, len(examples), 3)]
+    keep = VideoSFTCollator(proc, loader, None, template, keep_mb=512)
+    for epoch in range(2):
+        for batch in (batches if epoch == 0 else batches[::-1]):
+            want = _whole_batch(proc, functools.partial(load_video, params=params), batch, template)
+            got = keep(batch)
+            assert set(got) == set(want)
+            for key in want:
+                assert torch.equal(got[key], want[key]), key
+        if epoch == 0:
+            first = len(reads)
+            assert first == len(examples) and keep.kept_bytes > 0
+    assert len(reads) == first  # the second epoch came from memory
+    assert len(keep._videos) == len({ex["frames_path"] for ex in examples})
+
+    four = examples[:4]
+    whole = VideoSFTCollator(proc, loader, None, template, keep_mb=512)
+    whole(four)
+    reads.clear()
+    tight = VideoSFTCollator(proc, loader, None, template, keep_mb=(whole.kept_bytes - 1) / 2**20)
+    for _ in range(2):
+        tight(four)
+    assert 0 < tight.kept_bytes < whole.kept_bytes
+    assert 4 < len(reads) < 8  # past the budget rows are read again, within it they are not
+
+
 def test_collator_truncates_answer_tail_never_video(rocot_dir, tiny_model_dir, params):
     import functools
 
