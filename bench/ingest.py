@@ -7,8 +7,9 @@ For N frames (default 16) spread over videos of several lengths and resolutions:
     floor       decord alone: VideoReader(num_threads=1) + get_batch at native size (the floor)
     pyav_seek   our PyAV fallback (seek to the keyframe before each frame, decode forward)
     naive       PyAV decode-everything-then-subsample: every frame to RGB in a list, then pick N
-    stage       the whole per-video stage step: probe_and_sample in its subprocess (probe, sha256,
-                plan, decode, cache write), for reference
+    stage       the whole per-video stage step: probe_and_sample in its child process (probe, sha256,
+                plan, decode, cache write), for reference; one video per measurement, so the probe
+                server's start (its imports) and stop are included, as a subprocess per video was
 
 Each measurement runs in a fresh subprocess (imports done before the clock starts) and reports its
 wall time and ``ru_maxrss`` (peak RSS; for ``stage`` the child's). Times are the best of
@@ -130,7 +131,7 @@ def _worker(variant: str, path: str, n: int) -> dict:
     elif variant == "naive":
         import av
     elif variant == "stage":
-        from srvau.video.probe import probe_and_sample
+        from srvau.video.probe import probe_and_sample, stop_server
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     t0 = time.perf_counter()
@@ -150,6 +151,7 @@ def _worker(variant: str, path: str, n: int) -> dict:
     elif variant == "stage":
         with tempfile.TemporaryDirectory() as d:
             res = probe_and_sample(path, policy.model_copy(update={"probe_timeout_s": 600}), Path(d) / "x.npz")
+        stop_server()  # reaps the server, so RUSAGE_CHILDREN below covers it and the child it forked
         out = np.zeros((res.frames, res.height, res.width, 3), np.uint8)
     seconds = time.perf_counter() - t0
 

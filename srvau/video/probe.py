@@ -2,7 +2,7 @@
 
 decord is known to hang or segfault on some broken files and FFmpeg can spin on crafted input, so
 nothing here opens a video in the calling process: :func:`probe` and :func:`probe_and_sample` run
-``python -m srvau.video.probe`` as a child, kill it after ``timeout_s`` and turn every failure into
+each video in a child process of its own, kill it after ``timeout_s`` and turn every failure into
 a :class:`ProbeError` with a short machine-readable ``reason``:
 
     missing, not_a_file, zero_byte            (checked in the parent, no child needed)
@@ -24,6 +24,12 @@ and flags a variable frame rate when frame durations differ by more than 2 ticks
 child of :func:`probe_and_sample` then plans the sampled frames (``srvau.video.sampling``), decodes
 them (``srvau.video.decode``) and writes the frame-cache file, so a decoder hang on a file that
 passed the probe is contained as well.
+
+The children are forked by a fork server, ``python -m srvau.video.probe`` started once per calling
+thread, which imports the decoders once (``_PRELOAD``): a fresh interpreter per video spent ~60 % of
+ingestion importing numpy, PyAV and decord. A child is forked for each request and killed when it runs
+past ``timeout_s``; the server only forks, waits and reports, so no video is ever opened in it. A
+server that dies or stops answering is replaced at the next request.
 """
 
 from __future__ import annotations
@@ -31,8 +37,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,7 +58,11 @@ if TYPE_CHECKING:
 # Not imported from srvau.config: the child should not pay ~0.1 s for pydantic on every video.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-_MARKER = "SRVAU_PROBE_RESULT "
+# What every child needs, imported once by the server; numpy.ma is imported lazily by np.unique otherwise.
+_PRELOAD = ("numpy", "numpy.ma", "av", "decord", "srvau.video.timeline", "srvau.video.sampling",
+            "srvau.video.decode", "srvau.video.cache")
+# The server answers within the child's timeout plus this; past it the server is taken for hung.
+_SERVER_GRACE_S = 30.0
 
 
 class ProbeError(Exception):
@@ -201,24 +216,64 @@ def _short(e: BaseException, limit: int = 200) -> str:
 # --- parent side ---------------------------------------------------------------------------------
 
 
+class _Server:
+    """One fork server (``python -m srvau.video.probe``): a JSON request per line in, a JSON answer out."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen([sys.executable, "-m", "srvau.video.probe"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+
+    def ask(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+        """The server's answer, or None when it died or hung (then it is killed)."""
+        try:
+            self.proc.stdin.write(json.dumps({"request": request, "timeout_s": timeout_s}) + "\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s + _SERVER_GRACE_S)
+            line = self.proc.stdout.readline() if ready else ""
+        except (BrokenPipeError, OSError, ValueError):
+            line = ""
+        if not line:
+            self.close(wait_s=0)
+            return None
+        return json.loads(line)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """End of input, then up to ``wait_s`` for the server to exit before it is killed."""
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_servers = threading.local()  # ingestion probes from a thread pool: one server per thread, no locking
+
+
+def stop_server() -> None:
+    """Stop the calling thread's probe server, if any (the next probe starts a new one)."""
+    server = getattr(_servers, "server", None)
+    if server is not None:
+        server.close()
+        _servers.server = None
+
+
 def _run_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "srvau.video.probe", json.dumps(request)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise ProbeError("timeout", f"no answer within {timeout_s:g} s; child killed") from None
-    answer = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(_MARKER):
-            answer = json.loads(line[len(_MARKER):])
+    server = getattr(_servers, "server", None)
+    if server is None or not server.alive():
+        server = _servers.server = _Server()
+    answer = server.ask(request, timeout_s)
     if answer is None:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[:300]
-        if proc.returncode < 0:
-            raise ProbeError("crashed", f"killed by signal {-proc.returncode}; {tail}")
-        raise ProbeError("crashed", f"exit code {proc.returncode} without a result; {tail}")
+        raise ProbeError("crashed", "the probe server died or stopped answering; it is restarted at the next video")
     if not answer["ok"]:
         raise ProbeError(answer["reason"], answer.get("detail", ""))
     return answer
@@ -267,28 +322,79 @@ def probe_and_sample(
     )
 
 
-def _child_main(argv: list[str]) -> int:
-    import av
-
-    av.logging.set_level(av.logging.PANIC)  # the parent reports reasons; FFmpeg chatter is noise
-    request = json.loads(argv[0])
+def _answer(request: dict[str, Any]) -> dict[str, Any]:
+    """What the child reports for ``request``: never raises."""
     try:
         if request["op"] == "probe":
             info, _ = probe_inprocess(request["path"])
-            answer: dict[str, Any] = {"ok": True, "info": info.to_dict()}
-        elif request["op"] == "sample":
+            return {"ok": True, "info": info.to_dict()}
+        if request["op"] == "sample":
             policy = SimpleNamespace(**request["policy"])  # validated by the parent (a VideoConfig dump)
-            answer = {"ok": True, **sample_inprocess(request["path"], policy, request["out"], request.get("sha256"))}
-        else:
-            answer = {"ok": False, "reason": "crashed", "detail": f"unknown op {request['op']!r}"}
+            return {"ok": True, **sample_inprocess(request["path"], policy, request["out"], request.get("sha256"))}
+        return {"ok": False, "reason": "crashed", "detail": f"unknown op {request['op']!r}"}
     except ProbeError as e:
-        answer = {"ok": False, "reason": e.reason, "detail": e.detail}
+        return {"ok": False, "reason": e.reason, "detail": e.detail}
     except Exception as e:  # anything else (a library failing on hostile bytes, or a bug): keep the type
-        answer = {"ok": False, "reason": "error", "detail": f"{type(e).__name__}: {_short(e)}"}
-    sys.stdout.write(_MARKER + json.dumps(answer) + "\n")
-    sys.stdout.flush()
+        return {"ok": False, "reason": "error", "detail": f"{type(e).__name__}: {_short(e)}"}
+
+
+def _fork_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Fork a child to answer ``request``; kill it after ``timeout_s``. Runs in the server."""
+    read_end, write_end = os.pipe()
+    with tempfile.TemporaryFile() as stderr:
+        pid = os.fork()
+        if pid == 0:  # the child: answer through the pipe, native output into the temporary file
+            code = 1
+            try:
+                os.close(read_end)
+                os.dup2(stderr.fileno(), 1)  # the server's stdout carries answers only
+                os.dup2(stderr.fileno(), 2)
+                with os.fdopen(write_end, "w") as out:
+                    out.write(json.dumps(_answer(request)))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        chunks, deadline = [], time.monotonic() + timeout_s
+        with os.fdopen(read_end, "rb") as answer_pipe:
+            while True:  # until the child closes its end (it exited) or the time is up
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([answer_pipe], [], [], left)[0]:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    return {"ok": False, "reason": "timeout", "detail": f"no answer within {timeout_s:g} s; child killed"}
+                chunk = os.read(answer_pipe.fileno(), 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        if chunks:
+            return json.loads(b"".join(chunks))
+        stderr.seek(0)
+        tail = " | ".join(stderr.read().decode(errors="replace").strip().splitlines()[-3:])[:300]
+    if os.WIFSIGNALED(status):
+        return {"ok": False, "reason": "crashed", "detail": f"killed by signal {os.WTERMSIG(status)}; {tail}"}
+    return {"ok": False, "reason": "crashed", "detail": f"exit code {os.waitstatus_to_exitcode(status)} without a result; {tail}"}
+
+
+def _serve() -> int:
+    """The fork server's loop: import once, then fork a child per request line until stdin closes."""
+    import importlib
+
+    for name in _PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # decord has no wheel on some platforms; decoding falls back to PyAV
+            pass
+    import av
+
+    av.logging.set_level(av.logging.PANIC)  # the parent reports reasons; FFmpeg chatter is noise
+    for line in sys.stdin:
+        message = json.loads(line)
+        sys.stdout.write(json.dumps(_fork_child(message["request"], float(message["timeout_s"]))) + "\n")
+        sys.stdout.flush()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child_main(sys.argv[1:]))
+    raise SystemExit(_serve())

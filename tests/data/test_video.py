@@ -207,8 +207,65 @@ def test_probe_refuses_a_still_image_renamed_mp4(tmp_path, fmt):
     assert _reason(p) == "image_not_video"
 
 
-def test_probe_timeout_kills_child(vids):
-    assert _reason(vids["cfr"], timeout_s=0.05) == "timeout"
+def _probe_grandchildren() -> list[int]:
+    """Pids of the children the probe servers of this process forked (its grandchildren)."""
+    ppid = {}
+    for d in Path("/proc").iterdir():
+        try:
+            ppid[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (ValueError, OSError, IndexError):
+            continue
+    servers = {pid for pid, parent in ppid.items() if parent == os.getpid()}
+    return [pid for pid, parent in ppid.items() if parent in servers]
+
+
+def test_probe_timeout_kills_child_and_the_server_goes_on(vids, tmp_path):
+    out = tmp_path / "frames" / "big.npz"
+    with pytest.raises(probe.ProbeError) as e:
+        probe.probe_and_sample(vids["big"], POLICY, out, timeout_s=0.005)  # decoding 1080p takes far longer
+    assert e.value.reason == "timeout" and "killed" in e.value.detail
+    assert not list(out.parent.iterdir())  # nothing half-written
+    assert _probe_grandchildren() == []  # the child is gone, not left running
+    assert probe.probe(vids["cfr"]).num_frames == 100  # the same server answers the next video
+
+
+def test_a_child_killed_mid_video_is_reported_crashed_and_the_next_video_works(tmp_path):
+    import signal
+    import threading
+
+    slow = write_video(tmp_path / "slow.mp4", 120, fps=4, width=1920, height=1080, preset="ultrafast")
+    out = tmp_path / "frames" / "slow.npz"
+    results: list = []
+
+    def sample_twice():  # one thread, so both videos go to the same server
+        for _ in range(2):
+            try:
+                results.append(probe.probe_and_sample(slow, POLICY, out, timeout_s=120).frames)
+            except probe.ProbeError as err:
+                results.append(err)
+
+    worker = threading.Thread(target=sample_twice)
+    worker.start()
+    killed = None
+    while worker.is_alive() and killed is None:
+        for pid in _probe_grandchildren():
+            os.kill(pid, signal.SIGKILL)  # what a segfaulting decoder looks like from outside
+            killed = pid
+    worker.join()
+    assert killed is not None, "the child finished before it could be killed"
+    first, second = results
+    assert isinstance(first, probe.ProbeError) and first.reason == "crashed"
+    assert first.detail.startswith("killed by signal 9")
+    assert second == 16 and out.exists()  # the server survived its child and sampled the video again
+
+
+def test_a_dead_probe_server_is_replaced_at_the_next_video(vids):
+    probe.probe(vids["cfr"])
+    server = probe._servers.server
+    server.proc.kill()
+    server.proc.wait()
+    assert probe.probe(vids["cfr"]).num_frames == 100
+    assert probe._servers.server is not server
 
 
 # --- decode + cache ------------------------------------------------------------------------------
