@@ -222,8 +222,9 @@ class _Server:
     def __init__(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+        self.stderr = tempfile.TemporaryFile()  # the server's own last words (its children keep theirs)
         self.proc = subprocess.Popen([sys.executable, "-m", "srvau.video.probe"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+                                     stdout=subprocess.PIPE, stderr=self.stderr, env=env, text=True)
 
     def ask(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
         """The server's answer, or None when it died or hung (then it is killed)."""
@@ -241,6 +242,10 @@ class _Server:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def last_words(self) -> str:
+        self.stderr.seek(0)
+        return " | ".join(self.stderr.read().decode(errors="replace").strip().splitlines()[-3:])[:300]
 
     def close(self, wait_s: float = 5.0) -> None:
         """End of input, then up to ``wait_s`` for the server to exit before it is killed."""
@@ -271,9 +276,14 @@ def _run_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     server = getattr(_servers, "server", None)
     if server is None or not server.alive():
         server = _servers.server = _Server()
-    answer = server.ask(request, timeout_s)
+    try:
+        answer = server.ask(request, timeout_s)
+    except Exception:
+        server.close(wait_s=0)
+        raise
     if answer is None:
-        raise ProbeError("crashed", "the probe server died or stopped answering; it is restarted at the next video")
+        raise ProbeError("crashed", f"the probe server died or stopped answering (exit code {server.proc.returncode}); "
+                                    f"a new one starts at the next video; {server.last_words()}")
     if not answer["ok"]:
         raise ProbeError(answer["reason"], answer.get("detail", ""))
     return answer
@@ -338,6 +348,15 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "reason": "error", "detail": f"{type(e).__name__}: {_short(e)}"}
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies, so a child whose server was killed does
+    not decode on, untimed (elsewhere the child outlives the server until it finishes)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def _fork_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """Fork a child to answer ``request``; kill it after ``timeout_s``. Runs in the server."""
     read_end, write_end = os.pipe()
@@ -346,6 +365,7 @@ def _fork_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         if pid == 0:  # the child: answer through the pipe, native output into the temporary file
             code = 1
             try:
+                _die_with_parent()
                 os.close(read_end)
                 os.dup2(stderr.fileno(), 1)  # the server's stdout carries answers only
                 os.dup2(stderr.fileno(), 2)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,44 @@ def test_a_child_killed_mid_video_is_reported_crashed_and_the_next_video_works(t
     assert isinstance(first, probe.ProbeError) and first.reason == "crashed"
     assert first.detail.startswith("killed by signal 9")
     assert second == 16 and out.exists()  # the server survived its child and sampled the video again
+
+
+def test_a_server_killed_mid_video_is_reported_crashed_and_replaced(tmp_path, vids):
+    import signal
+    import threading
+
+    slow = write_video(tmp_path / "slow.mp4", 120, fps=4, width=1920, height=1080, preset="ultrafast")
+    results: list = []
+
+    def sample_then_probe():
+        for run in (lambda: probe.probe_and_sample(slow, POLICY, tmp_path / "slow.npz", timeout_s=120),
+                    lambda: probe.probe(vids["cfr"])):
+            try:
+                results.append(run())
+            except probe.ProbeError as err:
+                results.append(err)
+
+    worker = threading.Thread(target=sample_then_probe)
+    worker.start()
+    orphans: list[int] = []
+    while worker.is_alive() and not orphans:
+        children = _probe_grandchildren()
+        if children:  # the server has forked its child: kill the server itself
+            servers = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in children}
+            for pid in servers:
+                os.kill(pid, signal.SIGKILL)
+            orphans = children
+    worker.join()
+    assert orphans
+    crashed, probed = results
+    assert isinstance(crashed, probe.ProbeError) and crashed.reason == "crashed"
+    assert "probe server died" in crashed.detail and "exit code -9" in crashed.detail
+    assert probed.num_frames == 100  # a new server answered
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in orphans) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in orphans)  # the child died with its server
+    assert not list(tmp_path.glob("*slow.npz*"))  # nor wrote its frames after the parent gave up
 
 
 def test_a_dead_probe_server_is_replaced_at_the_next_video(vids):
