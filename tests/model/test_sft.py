@@ -241,13 +241,14 @@ def test_collator_kept_samples_give_the_processors_batches_and_read_each_video_o
     examples = [rows[i] for i in range(len(rows))]
     batches = [examples[i : i + 3] for i in range(0, len(examples), 3)]
     keep = VideoSFTCollator(proc, loader, None, template, keep_mb=512)
+    none = VideoSFTCollator(proc, functools.partial(load_video, params=params), None, template)
     for epoch in range(2):
         for batch in (batches if epoch == 0 else batches[::-1]):
             want = _whole_batch(proc, functools.partial(load_video, params=params), batch, template)
-            got = keep(batch)
-            assert set(got) == set(want)
-            for key in want:
-                assert torch.equal(got[key], want[key]), key
+            for got in (keep(batch), none(batch)):
+                assert set(got) == set(want)
+                for key in want:
+                    assert torch.equal(got[key], want[key]), key
         if epoch == 0:
             first = len(reads)
             assert first == len(examples) and keep.kept_bytes > 0
