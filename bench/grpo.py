@@ -46,22 +46,13 @@ VARIANTS = ("ours", "stock")
 
 
 def prepare(tmp: Path, n_videos: int, model: str | None) -> dict:
-    from srvau.config import load_params
-    from srvau.cot.builder import build_rocot
-    from srvau.data.ingest import ingest
-    from srvau.data.synth import synthesize
+    from bench.common import synthetic_train_set
     from srvau.modeling.tiny import build_tiny
 
-    params = load_params(overrides={"synth.n_train": n_videos, "synth.n_val": 1, "synth.n_test": 1})
-    demo = tmp / "demo"
-    synthesize(demo, params.synth, params.seed)
-    result = ingest([demo / "train.csv"], demo / "videos", tmp / "ingest", params)
-    if result.failed:
-        raise SystemExit(f"ingest failed: {result.failure}")
-    build_rocot(tmp / "ingest" / "manifest.parquet", tmp / "rocot", params)
+    params, demo, rocot = synthetic_train_set(tmp, n_videos)
     if model is None:
         model = str(build_tiny(tmp / "tiny", params, sorted(demo.glob("*.csv"))))
-    return {"rocot": str(tmp / "rocot"), "model": model}
+    return {"rocot": str(rocot), "model": model}
 
 
 def worker(args) -> dict:

@@ -41,23 +41,13 @@ VARIANTS = {"kept": 1024, "reprocessed": 0}
 
 
 def prepare(tmp: Path, n_videos: int) -> tuple[Path, Path, int]:
-    from srvau.config import load_params
-    from srvau.cot.builder import build_rocot
-    from srvau.data.ingest import ingest
-    from srvau.data.synth import synthesize
+    from bench.common import synthetic_train_set
     from srvau.modeling.tiny import build_tiny
     from srvau.training.sft import load_split
 
-    params = load_params(overrides={"synth.n_train": n_videos, "synth.n_val": 1, "synth.n_test": 1,
-                                    "model.tiny.reading_drill_steps": 0})
-    demo = tmp / "demo"
-    synthesize(demo, params.synth, params.seed)
-    result = ingest([demo / "train.csv"], demo / "videos", tmp / "ingest", params)
-    if result.failed:
-        raise SystemExit(f"ingest failed: {result.failure}")
-    build_rocot(tmp / "ingest" / "manifest.parquet", tmp / "rocot", params)
+    params, demo, rocot = synthetic_train_set(tmp, n_videos, {"model.tiny.reading_drill_steps": 0})
     model = build_tiny(tmp / "tiny", params, sorted(demo.glob("*.csv")))
-    return tmp / "rocot", model, len(load_split(tmp / "rocot", "train"))
+    return rocot, model, len(load_split(rocot, "train"))
 
 
 def run_sft(tmp: Path, rocot: Path, model: Path, variant: str, round_: int, steps: int, batch: int) -> dict:

@@ -16,7 +16,7 @@ carry no dataset prefix) and must stay inside ``video_root`` after resolving sym
 (``unsafe_path``; absolute names and ``..`` are refused before touching the disk); a row without a
 file is ``missing``. Per video (each file once, however many rows use it): streamed sha256; when
 ``frames/<key>.npz`` holds the same sha256 and policy fingerprint the video is *reused* (no probe, no
-decode); otherwise one killable subprocess probes, samples, decodes and writes the cache entry
+decode); otherwise one killable child process probes, samples, decodes and writes the cache entry
 (``srvau.video.probe.probe_and_sample``); its failure reason (``zero_byte``, ``unreadable``,
 ``truncated``, ``image_not_video``, ``timeout``...) quarantines every row of that video, and so does a
 degenerate video (``too_small``, ``too_few_frames``, ``too_short``: below ``ingest.min_width``,

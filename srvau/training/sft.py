@@ -112,16 +112,14 @@ def split_batch(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]
 def collate_samples(samples: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """One-row batches -> one right-padded batch: the tensors the processor returns for the rows at once
     (``tests/model/test_sft.py`` checks it)."""
-    width = max(s["input_ids"].shape[1] for s in samples)
+    from trl.trainer.utils import pad
+
     batch = {}
     for key in samples[0]:
         parts = [s[key] for s in samples]
         if key in TOKEN_PADDING:
             fill = pad_token_id if TOKEN_PADDING[key] is None else TOKEN_PADDING[key]
-            out = parts[0].new_full((len(parts), width), fill)
-            for i, t in enumerate(parts):
-                out[i, : t.shape[1]] = t[0]
-            batch[key] = out
+            batch[key] = pad([t[0] for t in parts], padding_value=fill, padding_side="right")
         else:
             batch[key] = torch.cat(parts)
     return batch

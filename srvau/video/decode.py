@@ -23,7 +23,7 @@ for both backends. The packet index (:class:`srvau.video.timeline.Timeline`) com
 ``srvau.video.timeline``, which the probe uses too: this module never imports the probe.
 
 These functions open the file in the calling process. Untrusted files go through
-``srvau.video.probe.probe_and_sample`` (a killable subprocess) instead.
+``srvau.video.probe.probe_and_sample`` (a killable child process) instead.
 """
 
 from __future__ import annotations

@@ -1,0 +1,26 @@
+"""What several benchmarks share: a synthetic demo set run through the real stages, in a temporary folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def synthetic_train_set(tmp: Path, n_videos: int, overrides: dict[str, Any] | None = None):
+    """``n_videos`` synthetic train videos (``srvau.data.synth``) through the real ingest and RoCoT stages
+    under ``tmp``. Returns the params used (the project's, with ``overrides``), the folder of the demo
+    CSVs and the RoCoT folder."""
+    from srvau.config import load_params
+    from srvau.cot.builder import build_rocot
+    from srvau.data.ingest import ingest
+    from srvau.data.synth import synthesize
+
+    base = {"synth.n_train": n_videos, "synth.n_val": 1, "synth.n_test": 1}
+    params = load_params(overrides={**base, **(overrides or {})})
+    demo = tmp / "demo"
+    synthesize(demo, params.synth, params.seed)
+    result = ingest([demo / "train.csv"], demo / "videos", tmp / "ingest", params)
+    if result.failed:
+        raise SystemExit(f"ingest failed: {result.failure}")
+    build_rocot(tmp / "ingest" / "manifest.parquet", tmp / "rocot", params)
+    return params, demo, tmp / "rocot"
