@@ -25,7 +25,7 @@ from typing import Iterable
 
 from srvau.compat import ensure_torchvision
 from srvau.config import Params, TinyModelConfig, VideoConfig
-from srvau.modeling.drills import drill_batch, drill_words, drillable
+from srvau.modeling.drills import DrillTokens, drill_batch, drill_words, drillable
 from srvau.progress import progress
 
 log = logging.getLogger(__name__)
@@ -230,9 +230,10 @@ def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: 
     import torch
 
     rng = np.random.default_rng(seed)
+    tokens = DrillTokens(tokenizer)  # prompts rendered and tokenised once
 
     def batch(gen, n):
-        return drill_batch(tokenizer, lists, words, gen, n)
+        return drill_batch(tokenizer, lists, words, gen, n, tokens)
 
     def accuracy(data) -> float:
         model.eval()

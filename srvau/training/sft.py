@@ -304,18 +304,19 @@ class DrillReplay:
         import numpy as np
 
         from srvau.contract.prompts import qa_prompt_parts
-        from srvau.modeling.drills import drill_words, drillable
+        from srvau.modeling.drills import DrillTokens, drill_words, drillable
 
         self.tokenizer, self.per_step = tokenizer, per_step
         self.lists = [parts for parts in map(qa_prompt_parts, prompts) if parts]
         self.words = drill_words(completions)
         self.rng = np.random.default_rng(seed)
         self.usable = drillable(tokenizer, self.lists, self.words, seed)
+        self.tokens = DrillTokens(tokenizer)
 
     def __call__(self) -> dict[str, torch.Tensor]:
         from srvau.modeling.drills import drill_batch
 
-        return drill_batch(self.tokenizer, self.lists, self.words, self.rng, self.per_step)
+        return drill_batch(self.tokenizer, self.lists, self.words, self.rng, self.per_step, self.tokens)
 
 
 def _replaying_trainer(base: type):

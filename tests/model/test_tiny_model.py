@@ -118,6 +118,44 @@ def test_a_drill_asks_for_the_letter_its_key_word_names_then_copies_it_into_the_
     assert letters_seen == set("ABCD")
 
 
+def test_a_drill_batch_holds_the_drills_drawn_one_by_one_and_leaves_the_generator_where_they_do(loaded, drill_material):
+    """drill_batch tokenises a round at once and each prompt once; the rows, their order and the
+    generator's state must be those of drawing and tokenising one drill at a time."""
+    from srvau.modeling.drills import DrillTokens, _drill, drill_batch
+
+    tok = loaded[1].tokenizer
+    lists, words = drill_material
+    tokens = DrillTokens(tok)
+    one, batched = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(6):
+        rows = []
+        while len(rows) < 16:
+            d = _drill(tok, lists, words, one)
+            if d is not None:
+                rows.append(d)
+        batch = drill_batch(tok, lists, words, batched, 16, tokens)
+        for i, (ids, at) in enumerate(rows):
+            assert batch["input_ids"][i, : len(ids)].tolist() == ids
+            assert int(batch["attention_mask"][i].sum()) == len(ids)
+            assert (batch["labels"][i] != -100).nonzero().flatten().tolist() == at
+    assert one.integers(1 << 62) == batched.integers(1 << 62)
+    assert tokens.prefix and all(v is not None for v in tokens.prefix.values())
+
+
+def test_drill_tokens_tokenise_a_prompt_whole_where_it_merges_with_the_pass(loaded):
+    """A prompt whose last word runs into the pass is not split there: its drills keep the whole text's
+    tokens."""
+    from srvau.modeling.drills import DrillTokens, _clean
+
+    tok = loaded[1].tokenizer
+    prompt, head, text = "<|im_start|>assistant\nOran", "ge", "ge B fits <answer>B</answer>"
+    assert tok(prompt)["input_ids"] + tok(text)["input_ids"] != tok(prompt + text)["input_ids"]
+    tokens = DrillTokens(tok)
+    whole = tok([prompt + head, prompt + text])["input_ids"]
+    assert tokens.rows([(prompt, head, text, "B")]) == [_clean(tok, *whole, "B")]
+    assert tokens.prefix == {prompt: None}
+
+
 def test_reading_drills_train_attention_and_the_output_layer_only(tiny_model_dir, params, drill_material):
     from srvau.modeling.tiny import is_drilled, reading_drills
 
