@@ -269,14 +269,14 @@ def test_interleaving_is_seeded_and_shuffles_within_each_task():
 
 
 def test_task_order_decides_whether_trl_shuffles(gparams, tmp_path):
-    """"shuffled" (the default) is TRL's own shuffle; interleaved prompts are fed in their order (TRL's
-    shuffle would undo it)."""
+    """"shuffled" is TRL's own shuffle; interleaved prompts (the demo's default) are fed in their order
+    (TRL's shuffle would undo it)."""
     from srvau.training.grpo import grpo_config
 
-    assert gparams.grpo.task_order == "shuffled"
-    assert grpo_config(gparams.grpo, gparams, tmp_path, [1.0]).shuffle_dataset is True
-    cfg = gparams.grpo.model_copy(update={"task_order": "interleaved"})
-    assert grpo_config(cfg, gparams, tmp_path, [1.0]).shuffle_dataset is False
+    assert gparams.grpo.task_order == "interleaved"
+    assert grpo_config(gparams.grpo, gparams, tmp_path, [1.0]).shuffle_dataset is False
+    cfg = gparams.grpo.model_copy(update={"task_order": "shuffled"})
+    assert grpo_config(cfg, gparams, tmp_path, [1.0]).shuffle_dataset is True
 
 
 def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_dir, rocot_dir, gparams, tmp_path):
@@ -287,8 +287,8 @@ def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_d
     from srvau.training.grpo import grpo
 
     out = tmp_path / "grpo"
-    # interleaved here: the default (TRL's shuffle) is what every other test trains with
-    gparams = gparams.model_copy(update={"grpo": gparams.grpo.model_copy(update={"task_order": "interleaved"})})
+    # shuffled here: the default (interleaved) is what every other test trains with
+    gparams = gparams.model_copy(update={"grpo": gparams.grpo.model_copy(update={"task_order": "shuffled"})})
     with stage_run(gparams, "grpo"):  # the CLI opens the stage's run; grpo() logs into it
         summary = grpo(rocot_dir, str(tiny_model_dir), out, gparams)
     assert summary["global_step"] == 2 and summary["resumed_from"] is None
