@@ -287,8 +287,8 @@ def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_d
     from srvau.training.grpo import grpo
 
     out = tmp_path / "grpo"
-    # shuffled here: the default (interleaved) is what every other test trains with
-    gparams = gparams.model_copy(update={"grpo": gparams.grpo.model_copy(update={"task_order": "shuffled"})})
+    # interleaved, the demo's default, named here because the last assertion reads that order
+    gparams = gparams.model_copy(update={"grpo": gparams.grpo.model_copy(update={"task_order": "interleaved"})})
     with stage_run(gparams, "grpo"):  # the CLI opens the stage's run; grpo() logs into it
         summary = grpo(rocot_dir, str(tiny_model_dir), out, gparams)
     assert summary["global_step"] == 2 and summary["resumed_from"] is None
