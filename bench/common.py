@@ -24,3 +24,16 @@ def synthetic_train_set(tmp: Path, n_videos: int, overrides: dict[str, Any] | No
         raise SystemExit(f"ingest failed: {result.failure}")
     build_rocot(tmp / "ingest" / "manifest.parquet", tmp / "rocot", params)
     return params, demo, tmp / "rocot"
+
+
+def write_results(out: Path, results: dict[str, Any], **machine: Any) -> None:
+    """``results`` as JSON at ``out`` (folders made), with the machine it ran on (platform, CPU count,
+    and ``machine``'s extra fields) under ``"machine"``; says where it wrote."""
+    import json
+    import os
+    import platform
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), **machine},
+                               **results}, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -22,9 +22,6 @@ tiny model built from them, not drilled. Prints a table, writes bench/results/dr
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -58,6 +55,7 @@ def main() -> int:
     import numpy as np
     import torch
 
+    from bench.common import write_results
     from srvau.config import load_params
     from srvau.data.synth import synthesize
     from srvau.modeling.drills import DrillTokens, drill_batch, drill_words
@@ -112,14 +110,11 @@ def main() -> int:
           f"batches equal: {'yes' if equal else 'NO'}; prompts cached {len(tokens.prefix)}, "
           f"tokenised whole {sum(v is None for v in tokens.prefix.values())}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    write_results(args.out, {
         "settings": {"batch": args.batch, "batches": args.batches, "rounds": args.rounds, "seed": params.seed},
         "batch_s": times, "best_s": best, "median_s": median, "model_step_median_s": step,
         "ratio_one_by_one_over_rounds": ratio, "batches_equal": equal,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    }, torch_threads=torch.get_num_threads())
     return 0 if equal else 1
 
 

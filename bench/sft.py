@@ -27,8 +27,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -97,15 +95,14 @@ def main() -> int:
     print(f"reprocessed / kept: {ratio:.2f}x (best), {median['reprocessed'] / median['kept']:.2f}x (median); "
           f"merged weights identical: {'yes' if identical else 'NO'}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    from bench.common import write_results
+
+    write_results(args.out, {
         "settings": {"videos": args.videos, "rows": rows, "epochs": args.epochs, "steps": steps, "batch": args.batch,
                      "rounds": args.rounds, "keep_samples_mb": VARIANTS},
         "runs": runs, "best_s": best, "median_s": median,
         "ratio_reprocessed_over_kept": ratio, "weights_identical": identical,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    })
     return 0 if identical else 1
 
 

@@ -118,13 +118,20 @@ def test_a_drill_asks_for_the_letter_its_key_word_names_then_copies_it_into_the_
     assert letters_seen == set("ABCD")
 
 
-def test_a_drill_batch_holds_the_drills_drawn_one_by_one_and_leaves_the_generator_where_they_do(loaded, drill_material):
+@pytest.mark.parametrize("material", ["demo", "vau-bench"])
+def test_a_drill_batch_holds_the_drills_drawn_one_by_one_and_leaves_the_generator_where_they_do(
+        loaded, drill_material, vau_bench_dir, material):
     """drill_batch tokenises a round at once and each prompt once; the rows, their order and the
-    generator's state must be those of drawing and tokenising one drill at a time."""
-    from srvau.modeling.drills import DrillTokens, _drill, drill_batch
+    generator's state must be those of drawing and tokenising one drill at a time. Also on the real
+    VAU-Bench option lists, whose texts the demo tokenizer never saw."""
+    from srvau.modeling.drills import DrillTokens, _drill, drill_batch, drill_words
+    from srvau.modeling.tiny import corpus_from_csvs, option_lists_from_csvs
 
     tok = loaded[1].tokenizer
     lists, words = drill_material
+    if material == "vau-bench":
+        real = sorted(vau_bench_dir.glob("*.csv"))
+        lists, words = option_lists_from_csvs(real), drill_words(corpus_from_csvs(real))
     tokens = DrillTokens(tok)
     one, batched = np.random.default_rng(3), np.random.default_rng(3)
     for _ in range(6):
