@@ -50,7 +50,9 @@ def prepare(tmp: Path, n_videos: int, model: str | None):
     from srvau.data.synth import synthesize
     from srvau.modeling.tiny import build_tiny
 
-    params = load_params(overrides={"synth.n_train": 4, "synth.n_val": 1, "synth.n_test": n_videos})
+    # no reading drills: the model keeps its random weights, so every answer runs to --max-new-tokens
+    params = load_params(overrides={"synth.n_train": 4, "synth.n_val": 1, "synth.n_test": n_videos,
+                                    "model.tiny.reading_drill_steps": 0})
     demo = tmp / "demo"
     synthesize(demo, params.synth, params.seed)
     csvs = sorted(demo.glob("*.csv"))

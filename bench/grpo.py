@@ -49,7 +49,9 @@ def prepare(tmp: Path, n_videos: int, model: str | None) -> dict:
     from bench.common import synthetic_train_set
     from srvau.modeling.tiny import build_tiny
 
-    params, demo, rocot = synthetic_train_set(tmp, n_videos)
+    # no reading drills (minutes of practice the step timings do not need; completions are forced to
+    # --completion-length anyway)
+    params, demo, rocot = synthetic_train_set(tmp, n_videos, {"model.tiny.reading_drill_steps": 0})
     if model is None:
         model = str(build_tiny(tmp / "tiny", params, sorted(demo.glob("*.csv"))))
     return {"rocot": str(rocot), "model": model}
