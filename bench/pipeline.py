@@ -58,7 +58,8 @@ def env_for(project: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["SRVAU_ROOT"] = str(project)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "PREFECT_API_URL", "PREFECT_HOME", "SRVAU_PARENT_RUN_ID"):
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "PREFECT_API_URL", "PREFECT_HOME", "SRVAU_PARENT_RUN_ID",
+                "SRVAU_TIMINGS_FILE"):
         env.pop(key, None)  # the copy's own stores, never the caller's
     return env
 

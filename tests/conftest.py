@@ -1,6 +1,6 @@
 """Shared fixtures: a small synthetic demo set and a tiny Qwen2.5-VL built from it, once per session.
 
-Tests never write into the project's own MLflow store or Prefect home: both point into a temp folder.
+Tests never write into the project's own MLflow store, Prefect home or stage timings: all point into a temp folder.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="srvau-tests-"))
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_TMP / 'mlflow.db'}")
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect"))
+os.environ.setdefault("SRVAU_TIMINGS_FILE", str(_SESSION_TMP / "timings.jsonl"))  # srvau.cli.context.TIMINGS_ENV
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -111,6 +111,9 @@ def stage_tracking(p: Params, stage: str, track: bool = True) -> Iterator[Any]:
 
 
 TIMINGS_FILE = "tracking/timings.jsonl"  # under paths.reports; bench/pipeline.py reads it
+# A file that takes the records instead, for every stage process that inherits it: the test suite's
+# session folder, so tests that run stages from the checkout never write into its reports/.
+TIMINGS_ENV = "SRVAU_TIMINGS_FILE"
 
 
 def _process_age_s() -> float | None:
@@ -126,9 +129,10 @@ def _process_age_s() -> float | None:
 @contextlib.contextmanager
 def stage_timing(p: Params, stage: str) -> Iterator[None]:
     """Append the stage's compute seconds (the body of its command, inside its tracking run) to
-    ``<paths.reports>/tracking/timings.jsonl``, with how old the process was when the body began, so
-    the pipeline's wall time splits into stage compute and orchestration (bench/pipeline.py). Only
-    the main rank writes; a write failure is a warning, never a failed stage."""
+    ``<paths.reports>/tracking/timings.jsonl`` (or the file ``SRVAU_TIMINGS_FILE`` names), with how old
+    the process was when the body began, so the pipeline's wall time splits into stage compute and
+    orchestration (bench/pipeline.py). Only the main rank writes; a write failure is a warning, never
+    a failed stage."""
     age = _process_age_s()
     t0 = time.perf_counter()
     ok = False
@@ -140,7 +144,7 @@ def stage_timing(p: Params, stage: str) -> Iterator[None]:
                   "process_age_at_start_s": None if age is None else round(age, 3), "ok": ok,
                   "pid": os.getpid(), "finished_at": time.time()}
         if int(os.environ.get("RANK", "0")) == 0:
-            path = p.resolve(p.paths.reports) / TIMINGS_FILE
+            path = Path(os.environ[TIMINGS_ENV]) if os.environ.get(TIMINGS_ENV) else p.resolve(p.paths.reports) / TIMINGS_FILE
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "a") as f:

@@ -130,3 +130,24 @@ def test_a_stage_command_opens_its_run_once(tmp_path, monkeypatch):
     (run,) = mlflow.search_runs(experiment_names=[exp], output_format="list")
     assert run.info.status == "FINISHED" and run.data.tags["srvau.stage"] == "synth"
     assert run.data.metrics["synth.videos.train"] == 1.0
+
+
+def test_stage_timings_go_where_srvau_timings_file_says(tmp_path, monkeypatch):
+    """Regression: tests that ran stage commands from the checkout appended their timings to the
+    checkout's own reports/tracking/timings.jsonl (11 records after one `make test`)."""
+    import json
+
+    from srvau.cli.context import TIMINGS_FILE, stage_timing
+    from srvau.config import load_params
+
+    p = load_params(overrides={"paths.reports": str(tmp_path / "reports")})
+    redirected = tmp_path / "session" / "timings.jsonl"
+    monkeypatch.setenv("SRVAU_TIMINGS_FILE", str(redirected))
+    with stage_timing(p, "ingest"):
+        pass
+    assert [json.loads(line)["stage"] for line in redirected.read_text().splitlines()] == ["ingest"]
+    assert not (tmp_path / "reports" / TIMINGS_FILE).exists()
+    monkeypatch.delenv("SRVAU_TIMINGS_FILE")
+    with stage_timing(p, "cot"):
+        pass
+    assert json.loads((tmp_path / "reports" / TIMINGS_FILE).read_text())["stage"] == "cot"

@@ -424,13 +424,14 @@ def test_stage_without_any_checkpoint(manifest, params, tmp_path, isolated_mlflo
         evaluate(manifest, {"sft": str(tmp_path / "x")}, tmp_path / "eval", params)
 
 
-def test_cli_prints_report_path(manifest, tiny_model_dir, tmp_path, isolated_mlflow):
+def test_cli_prints_report_path(manifest, tiny_model_dir, tmp_path, isolated_mlflow, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
     from srvau.cli.app import main
     from srvau.cli.evaluate import evaluate_cmd
 
+    monkeypatch.delenv("SRVAU_TIMINGS_FILE", raising=False)  # the record's default home, checked below
     app = typer.Typer()
     app.callback()(main)
     app.command("evaluate")(evaluate_cmd)
