@@ -144,7 +144,8 @@ def stage_timing(p: Params, stage: str) -> Iterator[None]:
                   "process_age_at_start_s": None if age is None else round(age, 3), "ok": ok,
                   "pid": os.getpid(), "finished_at": time.time()}
         if int(os.environ.get("RANK", "0")) == 0:
-            path = Path(os.environ[TIMINGS_ENV]) if os.environ.get(TIMINGS_ENV) else p.resolve(p.paths.reports) / TIMINGS_FILE
+            redirect = os.environ.get(TIMINGS_ENV)
+            path = Path(redirect) if redirect else p.resolve(p.paths.reports) / TIMINGS_FILE
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "a") as f:
