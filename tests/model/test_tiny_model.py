@@ -178,6 +178,10 @@ def test_reading_drills_train_attention_and_the_output_layer_only(tiny_model_dir
     assert not any(".visual." in f".{n}" or ".mlp." in n or "embed_tokens" in n for n in drilled)
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) == (n not in drilled), n
+    # No gradient is computed for what the drills leave alone (a quarter of a step), and the caller's
+    # requires_grad flags come back as they were.
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in drilled)
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_reading_drills_stop_once_the_held_out_look_up_reaches_the_target(tiny_model_dir, params, drill_material):
