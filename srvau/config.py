@@ -264,8 +264,9 @@ class GrpoConfig(Section):
     output_dir: str = "models/grpo"
     tasks: list[Literal["qa", "grounding", "classification"]] = ["qa", "grounding", "classification"]
     # "shuffled": TRL's seeded shuffle; "interleaved": every stretch of steps sees the tasks in
-    # proportion (grpo.interleave_tasks), so the reward's trend is not the task mix's
-    task_order: Literal["shuffled", "interleaved"] = "shuffled"
+    # proportion (grpo.interleave_tasks), so the reward's trend is not the task mix's; "stratified":
+    # interleaved, and each task's answers (letters, classes) in proportion too
+    task_order: Literal["shuffled", "interleaved", "stratified"] = "shuffled"
     prompt_style: Literal["reflect", "think", "direct"] | None = None
     max_steps: int = Field(30, ge=1)
     learning_rate: float = Field(1e-4, gt=0)

@@ -438,26 +438,53 @@ def grpo_rows(rows: Sequence[dict[str, Any]], cfg: GrpoConfig, params: Params) -
     return list(out.values())
 
 
-def interleave_tasks(rows: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+def answer_stratum(row: dict[str, Any]) -> str:
+    """What a prompt's correct answer is, for spreading prompts by it: the letter for QA, the video's class
+    otherwise (a classification prompt's answer; a grounding prompt's video, Normal included)."""
+    return str(row["answer"] if row["task"] == "qa" else row.get("anomaly_class"))
+
+
+def _merge_in_proportion(groups: dict[Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The groups' rows in one list where every run of consecutive rows carries the groups in their overall
+    proportions: row ``i`` of a group of ``n`` gets the position ``(i + 0.5) / n``, and the groups are
+    merged by position (ties in the groups' sorted order)."""
+    keyed = []
+    for rank, name in enumerate(sorted(groups)):
+        group = groups[name]
+        keyed += [((i + 0.5) / len(group), rank, r) for i, r in enumerate(group)]
+    return [r for *_, r in sorted(keyed, key=lambda k: k[:2])]
+
+
+def interleave_tasks(rows: Sequence[dict[str, Any]], seed: int, by_answer: bool = False) -> list[dict[str, Any]]:
     """The prompts in an order where every run of consecutive prompts carries the tasks in their overall
-    proportions: each task's rows are shuffled (seeded), row ``i`` of ``n`` gets the position
-    ``(i + 0.5) / n``, and the tasks are merged by position. With a random order, one quarter of a short
-    run can hold twice as many grounding prompts as another, and grounding pays less than QA, so the
-    mean reward's trend measures the task mix as well as learning (docs/rewards.md). (``datasets``'
-    ``interleave_datasets`` alternates one row per task and stops when the smallest runs out, or draws
-    tasks at random: neither keeps every row with tasks of unequal size in proportion.)"""
+    proportions: each task's rows are shuffled (seeded) and the tasks merged by position
+    (``_merge_in_proportion``). With a random order, one quarter of a short run can hold twice as many
+    grounding prompts as another, and grounding pays less than QA, so the mean reward's trend measures the
+    task mix as well as learning (docs/rewards.md). (``datasets``' ``interleave_datasets`` alternates one
+    row per task and stops when the smallest runs out, or draws tasks at random: neither keeps every row
+    with tasks of unequal size in proportion.)
+
+    ``by_answer`` (``grpo.task_order: stratified``) spreads each task's rows by ``answer_stratum`` the
+    same way before the tasks are merged, so a short run also sees the letters and the classes in
+    proportion: with a plain shuffle, a 50-step run's ~33 classification prompts can hold one clip of a
+    class and nine of another, and GRPO then moves the class prior (docs/demo-results.md)."""
     import random
 
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_task.setdefault(r["task"], []).append(r)
     rng = random.Random(seed)
-    keyed = []
-    for rank, task in enumerate(sorted(by_task)):
-        group = by_task[task]
-        rng.shuffle(group)
-        keyed += [((i + 0.5) / len(group), rank, r) for i, r in enumerate(group)]
-    return [r for *_, r in sorted(keyed, key=lambda k: k[:2])]
+    for task in sorted(by_task):
+        if by_answer:
+            strata: dict[str, list[dict[str, Any]]] = {}
+            for r in by_task[task]:
+                strata.setdefault(answer_stratum(r), []).append(r)
+            for name in sorted(strata):
+                rng.shuffle(strata[name])
+            by_task[task] = _merge_in_proportion(strata)
+        else:
+            rng.shuffle(by_task[task])
+    return _merge_in_proportion(by_task)
 
 
 def grpo_config(
@@ -555,8 +582,8 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
     cfg = params.grpo
     out_dir = Path(out_dir)
     rows = grpo_rows(load_split(Path(rocot_dir), "train").to_list(), cfg, params)
-    if cfg.task_order == "interleaved":
-        rows = interleave_tasks(rows, params.seed)
+    if cfg.task_order != "shuffled":
+        rows = interleave_tasks(rows, params.seed, by_answer=cfg.task_order == "stratified")
     log.info("GRPO on %d prompts (%s) from %s", len(rows), ", ".join(cfg.tasks), rocot_dir)
     fingerprint = ckpts.run_fingerprint(params, "grpo", init_model, ckpts.data_digest(rows))
     resume = ckpts.resume_point(out_dir / "checkpoints", fingerprint, cfg.resume)
