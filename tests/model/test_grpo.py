@@ -268,6 +268,41 @@ def test_interleaving_is_seeded_and_shuffles_within_each_task():
     assert qa != sorted(qa, key=lambda i: int(i[2:]))  # not the input's order
 
 
+def test_stratified_prompts_carry_each_tasks_answers_in_proportion_in_every_stretch():
+    """``task_order: stratified``: still interleaved by task, and within a task every stretch sees the
+    letters (QA) and the classes (classification, grounding by its video's class) in proportion, where a
+    plain shuffle can bunch them (the same rows, interleaved only, miss by more)."""
+    from collections import Counter
+
+    from srvau.training.grpo import answer_stratum, interleave_tasks
+
+    classes = ["Fire", "Fire", "Fire", "Normal", "Fighting", "Explosion"]  # unequal, as real splits are
+    rows = [{"task": t, "sample_id": f"{t}{i}", "answer": ("ABCD"[i % 4] if t == "qa" else "Anomaly" if t == "grounding"
+                                                           else classes[i % 6]), "anomaly_class": classes[i % 6]}
+            for t, n in {"qa": 48, "grounding": 24, "classification": 36}.items() for i in range(n)]
+    assert answer_stratum(rows[1]) == "B" and answer_stratum(rows[-1]) == "Explosion"
+    assert answer_stratum(next(r for r in rows if r["task"] == "grounding")) == "Fire"
+
+    def worst_miss(order) -> float:
+        miss = 0.0
+        for task in ("qa", "grounding", "classification"):
+            seq = [answer_stratum(r) for r in order if r["task"] == task]
+            share = {k: n / len(seq) for k, n in Counter(seq).items()}
+            for width in (6, 12):
+                for start in range(len(seq) - width + 1):
+                    seen = Counter(seq[start: start + width])
+                    miss = max(miss, *(abs(seen[k] - p * width) for k, p in share.items()))
+        return miss
+
+    order = interleave_tasks(rows, seed=0, by_answer=True)
+    assert sorted(r["sample_id"] for r in order) == sorted(r["sample_id"] for r in rows)  # a permutation
+    assert [r["task"] for r in order] == [r["task"] for r in interleave_tasks(rows, seed=0)]  # same task pattern
+    assert worst_miss(order) <= 1.5
+    assert max(worst_miss(interleave_tasks(rows, seed=s)) for s in range(5)) > 2
+    ids = lambda seed: [r["sample_id"] for r in interleave_tasks(rows, seed, by_answer=True)]  # noqa: E731
+    assert ids(3) == ids(3) and ids(3) != ids(4)
+
+
 def test_task_order_decides_whether_trl_shuffles(gparams, tmp_path):
     """"shuffled" is TRL's own shuffle; interleaved prompts (the demo's default) are fed in their order
     (TRL's shuffle would undo it)."""
@@ -277,6 +312,8 @@ def test_task_order_decides_whether_trl_shuffles(gparams, tmp_path):
     assert grpo_config(gparams.grpo, gparams, tmp_path, [1.0]).shuffle_dataset is False
     cfg = gparams.grpo.model_copy(update={"task_order": "shuffled"})
     assert grpo_config(cfg, gparams, tmp_path, [1.0]).shuffle_dataset is True
+    cfg = gparams.grpo.model_copy(update={"task_order": "stratified"})
+    assert grpo_config(cfg, gparams, tmp_path, [1.0]).shuffle_dataset is False
 
 
 def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_dir, rocot_dir, gparams, tmp_path):
