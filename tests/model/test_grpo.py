@@ -304,11 +304,11 @@ def test_stratified_prompts_carry_each_tasks_answers_in_proportion_in_every_stre
 
 
 def test_task_order_decides_whether_trl_shuffles(gparams, tmp_path):
-    """"shuffled" is TRL's own shuffle; interleaved prompts (the demo's default) are fed in their order
-    (TRL's shuffle would undo it)."""
+    """"shuffled" is TRL's own shuffle; interleaved and stratified prompts (the demo's default) are fed
+    in their order (TRL's shuffle would undo it)."""
     from srvau.training.grpo import grpo_config
 
-    assert gparams.grpo.task_order == "interleaved"
+    assert gparams.grpo.task_order == "stratified"
     assert grpo_config(gparams.grpo, gparams, tmp_path, [1.0]).shuffle_dataset is False
     cfg = gparams.grpo.model_copy(update={"task_order": "shuffled"})
     assert grpo_config(cfg, gparams, tmp_path, [1.0]).shuffle_dataset is True
