@@ -1,7 +1,8 @@
 """``make compare``: the SRVAU-R1 recipe (the defaults) and the VAU-R1 baseline (configs/recipe/vau-r1.yaml) as two
 DVC experiments on the same demo data, then one side-by-side report (``srvau eval compare``).
 
-Wiring only. Each run is ``dvc exp run -S recipe=NAME`` (``-S ~recipe`` for the defaults) in this workspace; its ``metrics.json`` is copied
+Wiring only. Each run is ``dvc exp run -S recipe=NAME`` (``-S ~recipe`` for the defaults) in this workspace, with
+``-S register.auto_promote=false`` (a comparison does not move ``@champion``); its ``metrics.json`` is copied
 to ``reports/compare/<label>.metrics.json`` right after (DVC keeps the metrics file out of its cache and
 git ignores ``reports/``, so an experiment commit does not carry it: ``dvc exp run --temp`` would lose
 it). The baseline runs first and the default recipe last, so the workspace, dvc.lock included, ends on
@@ -31,6 +32,13 @@ def recipe_override(recipe: str | None) -> str:
     return f"recipe={recipe}" if recipe else "~recipe"
 
 
+def experiment_overrides(recipe: str | None) -> list[str]:
+    """The ``-S`` overrides of one experiment: its recipe, and no automatic promotion. Both recipes register
+    their GRPO model (dvc.yaml's last stage), and a comparison must not move ``@champion``: at the demo's
+    seed the baseline's version took it from the pipeline's own. ``srvau registry promote`` still can."""
+    return [recipe_override(recipe), "register.auto_promote=false"]
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
@@ -56,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, recipe in RECIPES.items():
             name = f"{label}-{stamp}"
             print(f"compare: running {label} (recipe {recipe or 'none: the defaults'}) as DVC experiment {name}", flush=True)
-            subprocess.run([_bin("dvc"), "exp", "run", "-n", name, "-S", recipe_override(recipe)],
-                           cwd=ROOT, check=True, env=_env())
+            sets = [arg for o in experiment_overrides(recipe) for arg in ("-S", o)]
+            subprocess.run([_bin("dvc"), "exp", "run", "-n", name, *sets], cwd=ROOT, check=True, env=_env())
             path = out / f"{label}.metrics.json"
             shutil.copyfile(ROOT / METRICS, path)
             style = load_params().evaluate.primary_style  # params.yaml as this experiment composed it

@@ -82,10 +82,13 @@ def test_compare_selects_each_recipe_as_dvc_composes_it(tmp_path, recipe):
     ("Config group override must be a string or a list"): make compare died after the baseline."""
     from dvc.utils.hydra import compose_and_dump
 
-    from flows.compare import recipe_override
+    from flows.compare import experiment_overrides
     from srvau.config import PROJECT_ROOT, load_params
 
     out = tmp_path / "params.yaml"
     compose_and_dump(str(out), str(PROJECT_ROOT / "configs"), None, "defaults", str(PROJECT_ROOT),
-                     ["recipe=vau-r1", recipe_override(recipe)])  # the workspace after the baseline's experiment
-    assert load_params(out).recipe == recipe
+                     ["recipe=vau-r1", *experiment_overrides(recipe)])  # the workspace after the baseline's experiment
+    composed = load_params(out)
+    assert composed.recipe == recipe
+    # Regression: the baseline's registered version took @champion from the pipeline's own model
+    assert composed.register_.auto_promote is False and load_params().register_.auto_promote is True
