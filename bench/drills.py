@@ -13,8 +13,10 @@ The two must give equal batches from equal generators (checked on every batch). 
 saving can be read as a share of a step, in two variants on the same batches:
 
     all grads      every parameter requires a gradient (what ``reading_drills`` did before)
-    drilled grads  only the drilled ones do (what it does now); the weights after must be equal Rounds alternate the variants so machine load hits both; the
-ratio uses the fastest round of each (medians too).
+    drilled grads  only the drilled ones do (what it does now); the weights after must be equal
+
+Rounds alternate the variants so machine load hits both; the batch ratio uses the fastest round of each
+(medians too), the step ratio the medians.
 
 Data: the demo set (``srvau.data.synth`` with the project's params; only its CSVs are read) and the
 tiny model built from them, not drilled. Prints a table, writes bench/results/drills.json.

@@ -18,10 +18,11 @@ Departures from a Hub checkpoint:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 from srvau.compat import ensure_torchvision
 from srvau.config import Params, TinyModelConfig, VideoConfig
@@ -217,6 +218,21 @@ def is_drilled(name: str) -> bool:
     return ".visual." not in f".{name}" and (".self_attn." in name or name.startswith("lm_head."))
 
 
+@contextlib.contextmanager
+def _gradients_only_for(model, trains: Callable[[str], bool]) -> Iterator[None]:
+    """Only the parameters ``trains`` names require a gradient inside the block; the flags come back after,
+    on error too. Backward then skips the other weights' gradients: the same updates bit for bit, ~14 %
+    less time per drill step (bench/drills.py)."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        for name, p in model.named_parameters():
+            p.requires_grad_(trains(name))
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+
+
 def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: list[str], steps: int, seed: int,
                    target: float = 1.0, check_every: int = 200, batch_size: int = 32, learning_rate: float = 1e-3,
                    weight_decay: float = 0.1, warmup_steps: int = 120) -> dict:
@@ -258,29 +274,24 @@ def reading_drills(model, tokenizer, lists: list[tuple[str, list[str]]], words: 
     reporting = [batch(report_rng, 64) for _ in range(4)]
     before = accuracy(reporting)
     params = [p for name, p in model.named_parameters() if is_drilled(name)]
-    # Gradients only for what the drills train: the same updates, bit for bit, a quarter less time a step.
-    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-    for name, p in model.named_parameters():
-        p.requires_grad_(is_drilled(name))
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     # A fixed warm-up, not a share of ``steps``: the step count is only a cap now.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps))
     curve: list[list[float]] = []
     done = 0
     model.train()
-    for step in progress(range(steps), desc="reading drills", total=steps):
-        model(**batch(rng, batch_size)).loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % check_every == 0 or done == steps:
-            curve.append([done, accuracy(stopping)])
-            log.info("reading drills: held-out look-up %.3f after %d steps (stops at %.2f)", curve[-1][1], done, target)
-            if curve[-1][1] >= target:
-                break
-    for name, p in model.named_parameters():
-        p.requires_grad_(trainable[name])
+    with _gradients_only_for(model, is_drilled):
+        for step in progress(range(steps), desc="reading drills", total=steps):
+            model(**batch(rng, batch_size)).loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % check_every == 0 or done == steps:
+                curve.append([done, accuracy(stopping)])
+                log.info("reading drills: held-out look-up %.3f after %d steps (stops at %.2f)", curve[-1][1], done, target)
+                if curve[-1][1] >= target:
+                    break
     model.eval()
     after = accuracy(reporting)
     if curve[-1][1] < target:

@@ -324,8 +324,8 @@ def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_d
     from srvau.training.grpo import grpo
 
     out = tmp_path / "grpo"
-    # interleaved, the demo's default, named here because the last assertion reads that order
-    gparams = gparams.model_copy(update={"grpo": gparams.grpo.model_copy(update={"task_order": "interleaved"})})
+    # stratified, the demo's default, named here because the last assertion reads that order
+    gparams = gparams.model_copy(update={"grpo": gparams.grpo.model_copy(update={"task_order": "stratified"})})
     with stage_run(gparams, "grpo"):  # the CLI opens the stage's run; grpo() logs into it
         summary = grpo(rocot_dir, str(tiny_model_dir), out, gparams)
     assert summary["global_step"] == 2 and summary["resumed_from"] is None
@@ -353,11 +353,14 @@ def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_d
     cols = table["columns"]
     assert {"prompt", "completion", "sample_id", "task", "reward/format", "advantage"} <= set(cols)
     assert len(table["data"]) == 4
-    # the steps train on the interleaved order: two prompts per step, the first four of it
+    # the steps train on the stratified order (two prompts per step, the first four of it), which on
+    # these rows starts otherwise than the tasks-only interleave
     from srvau.training.grpo import grpo_rows, interleave_tasks
     from srvau.training.sft import load_split
 
-    order = [r["sample_id"] for r in interleave_tasks(grpo_rows(load_split(rocot_dir, "train").to_list(), gparams.grpo, gparams), gparams.seed)]
+    rows = grpo_rows(load_split(rocot_dir, "train").to_list(), gparams.grpo, gparams)
+    order = [r["sample_id"] for r in interleave_tasks(rows, gparams.seed, by_answer=True)]
+    assert order[:4] != [r["sample_id"] for r in interleave_tasks(rows, gparams.seed)][:4]
     for step, path in enumerate(tables):
         t = json.loads(Path(client.download_artifacts(run.info.run_id, path, str(tmp_path))).read_text())
         assert {row[t["columns"].index("sample_id")] for row in t["data"]} == set(order[2 * step : 2 * step + 2])
