@@ -126,6 +126,8 @@ class ModelConfig(Section):
     torch_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
+    # MiB of encoded videos training keeps while the vision trunk is frozen (srvau.modeling.vision_cache); 0: off
+    vision_trunk_cache_mb: float = Field(512, ge=0)
     tiny: TinyModelConfig = TinyModelConfig()
 
 

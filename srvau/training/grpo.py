@@ -65,6 +65,7 @@ from trl.data_utils import prepare_multimodal_messages  # noqa: E402
 from srvau.config import GrpoConfig, Params  # noqa: E402
 from srvau.modeling.inputs import processor_inputs  # noqa: E402
 from srvau.modeling.loading import vision_token_ids  # noqa: E402
+from srvau.modeling.vision_cache import cache_vision_trunk, trunk_cache  # noqa: E402
 from srvau.contract.trace import completion_text  # noqa: E402
 from srvau.contract.vocab import is_missing  # noqa: E402
 from srvau.training.rewards import difficulty_keep, final_correct, get_reward_funcs, truths  # noqa: E402
@@ -545,11 +546,13 @@ def build_trainer(
         )
     elif cfg.freeze_vision:
         common.freeze_vision(model)
+    # A step's rows repeat each video num_generations times, encoded by the rollout, reference and policy passes.
+    cache_vision_trunk(model, params.model.vision_trunk_cache_mb)
     difficulty = None
     if cfg.difficulty_filter:
 
         difficulty = DifficultyFilter(difficulty_correctness, cfg.difficulty_low, cfg.difficulty_high)
-    return VideoGRPOTrainer(
+    trainer = VideoGRPOTrainer(
         model=model,
         reward_funcs=funcs,
         args=args,
@@ -562,6 +565,12 @@ def build_trainer(
         difficulty=difficulty,
         table_every=cfg.log_completions_every,
     )
+    if trainer.ref_model is not None and not args.sync_ref_model:
+        # A separate reference model (full fine-tuning) never trains, so its trunk output per video can
+        # be kept too: its pass encodes every row's video, num_generations rows per video.
+        trainer.ref_model.requires_grad_(False)
+        cache_vision_trunk(trainer.ref_model, params.model.vision_trunk_cache_mb)
+    return trainer
 
 
 def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dict[str, Any]:
@@ -615,6 +624,9 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
         "tables_logged": list(trainer.tables_logged),
         **sizes,
     }
+    for role, m in (("policy", trainer.model), ("reference", trainer.ref_model)):
+        if m is not None and (cache := trunk_cache(m)) is not None:
+            log.info("GRPO vision trunk cache (%s): %s", role, cache.stats())
     main = trainer.accelerator.is_main_process
     common.log_summary("grpo", summary, main)
     # how the run was launched: an MLflow param (a setting, not a result), and in summary.json

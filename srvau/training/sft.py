@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from srvau.config import Params  # noqa: E402
 from srvau.io import write_json  # noqa: E402
 from srvau.modeling.inputs import even_frames, video_metadata  # noqa: E402
+from srvau.modeling.vision_cache import cache_vision_trunk, trunk_cache  # noqa: E402
 from srvau.training import checkpoints  # noqa: E402
 from srvau.training.common import (  # noqa: E402
     MlflowStepCallback,
@@ -372,6 +373,7 @@ def build_trainer(
     if s.freeze_vision:
         n = freeze_vision(model)
         log.info("froze %.2f M vision parameters", n / 1e6)
+    cache_vision_trunk(model, params.model.vision_trunk_cache_mb)
     peft_config = (
         lora_config(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout, train_lm_head=s.lora_lm_head)
         if s.lora
@@ -446,6 +448,8 @@ def sft(
         trainer, resume_from, params.sft.max_steps, out_dir, base_model, params.model, params.sft.lora
     )
     wall = time.perf_counter() - t0
+    if (cache := trunk_cache(trainer.model)) is not None:
+        log.info("SFT vision trunk cache: %s", cache.stats())
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
