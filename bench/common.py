@@ -26,6 +26,31 @@ def synthetic_train_set(tmp: Path, n_videos: int, overrides: dict[str, Any] | No
     return params, demo, tmp / "rocot"
 
 
+def run_training_stage(stage: str, rocot: Path, model: Path, out: Path, steps: int, overrides: list[str],
+                       label: str) -> dict[str, Any]:
+    """One ``srvau sft`` / ``srvau grpo`` process of ``steps`` steps from ``model`` into ``out`` (no resume,
+    a throw-away MLflow store beside ``out``), with ``overrides`` (``key=value``). Returns the stage's own
+    ``train_wall_s``, its step count and the sha256 of the merged weights; exits with the stage's stderr
+    (naming ``label``) when it fails."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    model_flag = "--base-model" if stage == "sft" else "--init-model"
+    sets = [f"{stage}.max_steps={steps}", f"{stage}.save_steps={steps}", f"{stage}.resume=false",
+            f"tracking.uri={(out.parent / 'mlruns').as_uri()}", *overrides]
+    cmd = [sys.executable, "-m", "srvau.cli", *[a for kv in sets for a in ("--set", kv)],
+           stage, "--rocot", str(rocot), model_flag, str(model), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{label} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    weights = hashlib.sha256((out / "merged" / "model.safetensors").read_bytes()).hexdigest()
+    return {"train_wall_s": summary["train_wall_s"], "steps": summary["steps_this_run"], "weights_sha256": weights}
+
+
 def write_results(out: Path, results: dict[str, Any], **machine: Any) -> None:
     """``results`` as JSON at ``out`` (folders made), with the machine it ran on (platform, CPU count,
     and ``machine``'s extra fields) under ``"machine"``; says where it wrote."""

@@ -24,11 +24,8 @@ change the weights, not the step time). Prints a table, writes bench/results/sft
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -49,18 +46,11 @@ def prepare(tmp: Path, n_videos: int) -> tuple[Path, Path, int]:
 
 
 def run_sft(tmp: Path, rocot: Path, model: Path, variant: str, round_: int, steps: int, batch: int) -> dict:
-    out = tmp / f"sft-{variant}-{round_}"
-    cmd = [sys.executable, "-m", "srvau.cli",
-           "--set", f"sft.max_steps={steps}", "--set", f"sft.per_device_train_batch_size={batch}",
-           "--set", f"sft.keep_samples_mb={VARIANTS[variant]}", "--set", f"sft.save_steps={steps}",
-           "--set", "sft.resume=false", "--set", f"tracking.uri={(tmp / 'mlruns').as_uri()}",
-           "sft", "--rocot", str(rocot), "--base-model", str(model), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{variant} round {round_} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    weights = hashlib.sha256((out / "merged" / "model.safetensors").read_bytes()).hexdigest()
-    return {"train_wall_s": summary["train_wall_s"], "steps": summary["steps_this_run"], "weights_sha256": weights}
+    from bench.common import run_training_stage
+
+    return run_training_stage("sft", rocot, model, tmp / f"sft-{variant}-{round_}", steps,
+                              [f"sft.per_device_train_batch_size={batch}", f"sft.keep_samples_mb={VARIANTS[variant]}"],
+                              f"{variant} round {round_}")
 
 
 def main() -> int:

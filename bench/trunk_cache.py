@@ -23,11 +23,8 @@ demo's own batch sizes. Prints a table, writes bench/results/trunk_cache.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,19 +35,10 @@ VARIANTS = {"cached": 512, "uncached": 0}
 
 
 def run_stage(tmp: Path, stage: str, rocot: Path, model: Path, variant: str, round_: int, steps: int) -> dict:
-    out = tmp / f"{stage}-{variant}-{round_}"
-    model_flag = "--base-model" if stage == "sft" else "--init-model"
-    cmd = [sys.executable, "-m", "srvau.cli",
-           "--set", f"{stage}.max_steps={steps}", "--set", f"{stage}.save_steps={steps}",
-           "--set", f"model.vision_trunk_cache_mb={VARIANTS[variant]}",
-           "--set", f"{stage}.resume=false", "--set", f"tracking.uri={(tmp / 'mlruns').as_uri()}",
-           stage, "--rocot", str(rocot), model_flag, str(model), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{stage} {variant} round {round_} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    weights = hashlib.sha256((out / "merged" / "model.safetensors").read_bytes()).hexdigest()
-    return {"train_wall_s": summary["train_wall_s"], "steps": summary["steps_this_run"], "weights_sha256": weights}
+    from bench.common import run_training_stage
+
+    return run_training_stage(stage, rocot, model, tmp / f"{stage}-{variant}-{round_}", steps,
+                              [f"model.vision_trunk_cache_mb={VARIANTS[variant]}"], f"{stage} {variant} round {round_}")
 
 
 def main() -> int:
