@@ -1,0 +1,103 @@
+"""Benchmark: the reward each policy earns on GRPO's own prompts, with the policy held still.
+
+The GRPO stage logs the mean reward of every step (``grpo.reward``), and issue 10 reads its trend:
+the last quarter of steps against the first. But each step draws its own prompts (two in the demo)
+and samples its completions, so the two quarters differ in prompts and in luck as well as in the
+policy. This script holds each policy still and replays the stage's exact prompt sequence: a GRPO run
+with the stage's settings and ``learning_rate`` 1e-30 (AdamW's step and decay are then below float
+precision, so no weight moves), once per sampling seed. The peer is the SFT model on the same prompts
+with the same seeds:
+
+    same policy, q4 - q1   what the logged trend shows with no learning at all (prompts and sampling)
+    GRPO - SFT, all steps  what GRPO changed in the reward on its own prompts
+
+Run it in a project that has been through ``make run`` (``data/rocot``, ``models/sft/merged``,
+``models/grpo/merged``, its ``params.yaml``). About 90 s per policy and seed on two cores. Prints a
+table, writes bench/results/grpo_reward.json.
+
+    python bench/grpo_reward.py [--models sft=models/sft/merged grpo=models/grpo/merged] [--seeds 1 2 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def rewards_held_still(model_dir: str, seed: int, out: Path) -> list[float]:
+    """The stage's per-step mean rewards for ``model_dir`` held still, its completions sampled from ``seed``."""
+    import transformers
+    from datasets import Dataset
+
+    from srvau.config import load_params
+    from srvau.modeling import load_model, load_processor
+    from srvau.training import checkpoints
+    from srvau.training.grpo import build_trainer, grpo_rows, interleave_tasks
+    from srvau.training.sft import load_split
+
+    params = load_params(overrides={"grpo.learning_rate": 1e-30, "grpo.save_steps": 10**9, "grpo.resume": False})
+    cfg = params.grpo
+    rows = grpo_rows(load_split(params.resolve(params.paths.rocot), "train").to_list(), cfg, params)
+    if cfg.task_order != "shuffled":  # the stage's own order (srvau.training.grpo.grpo)
+        rows = interleave_tasks(rows, params.seed, by_answer=cfg.task_order == "stratified")
+    load_cfg, autocast = checkpoints.training_dtype(params.model)
+    trainer = build_trainer(load_model(model_dir, load_cfg), load_processor(model_dir, params.model),
+                            Dataset.from_list(rows), cfg, params, out, bf16=autocast)
+    transformers.set_seed(seed)  # after the trainer's own seeding: only the sampling changes
+    trainer.train()
+    return [h["reward"] for h in trainer.state.log_history if "reward" in h]
+
+
+def quarters(rewards: list[float]) -> dict[str, float]:
+    q = len(rewards) // 4
+    return {"q1": statistics.fmean(rewards[:q]), "q4": statistics.fmean(rewards[-q:]), "all": statistics.fmean(rewards)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["sft=models/sft/merged", "grpo=models/grpo/merged"],
+                    help="name=folder; the first is the peer")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="sampling seeds")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpo_reward.json")
+    args = ap.parse_args()
+    models = dict(m.split("=", 1) for m in args.models)
+
+    runs: dict[str, dict[int, dict]] = {name: {} for name in models}
+    with tempfile.TemporaryDirectory(prefix="srvau-bench-reward-") as d:
+        for seed in args.seeds:
+            for name, folder in models.items():
+                rewards = rewards_held_still(folder, seed, Path(d) / f"{name}-{seed}")
+                runs[name][seed] = {"rewards": rewards, **quarters(rewards)}
+                r = runs[name][seed]
+                print(f"{name} seed {seed}: q1 {r['q1']:.3f} q4 {r['q4']:.3f} all {r['all']:.3f}", file=sys.stderr)
+
+    peer = next(iter(models))
+    print(f"\nreward per step on the GRPO stage's {len(next(iter(runs[peer].values()))['rewards'])} steps, "
+          "each policy held still (learning_rate 1e-30)")
+    print(f"{'policy':<8} {'seed':>5} {'q1':>7} {'q4':>7} {'q4-q1':>7} {'all':>7} {'all - ' + peer:>10}")
+    for name in models:
+        for seed in args.seeds:
+            r = runs[name][seed]
+            print(f"{name:<8} {seed:>5} {r['q1']:7.3f} {r['q4']:7.3f} {r['q4'] - r['q1']:+7.3f} {r['all']:7.3f} "
+                  f"{r['all'] - runs[peer][seed]['all']:+10.3f}")
+    summary = {name: {"mean_all": statistics.fmean(runs[name][s]["all"] for s in args.seeds),
+                      "q4_minus_q1": [runs[name][s]["q4"] - runs[name][s]["q1"] for s in args.seeds]}
+               for name in models}
+    for name in models:
+        print(f"{name}: mean over seeds {summary[name]['mean_all']:.3f}; q4 - q1 from "
+              f"{min(summary[name]['q4_minus_q1']):+.3f} to {max(summary[name]['q4_minus_q1']):+.3f}")
+
+    from bench.common import write_results
+
+    write_results(args.out, {"models": models, "seeds": args.seeds, "runs": runs, "summary": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
