@@ -1,12 +1,12 @@
 """Benchmark: the reward each policy earns on GRPO's own prompts, with the policy held still.
 
-The GRPO stage logs the mean reward of every step (``grpo.reward``), and issue 10 reads its trend:
-the last quarter of steps against the first. But each step draws its own prompts (two in the demo)
-and samples its completions, so the two quarters differ in prompts and in luck as well as in the
-policy. This script holds each policy still and replays the stage's exact prompt sequence: a GRPO run
-with the stage's settings and ``learning_rate`` 1e-30 (AdamW's step and decay are then below float
-precision, so no weight moves), once per sampling seed. The peer is the SFT model on the same prompts
-with the same seeds:
+The GRPO stage logs the mean reward of every step (``grpo.reward``), and the demo's criteria read its
+trend: the last quarter of steps against the first. But each step draws its own prompts (two in the
+demo) and samples its completions, so the two quarters differ in prompts and in luck as well as in
+the policy. This script holds each policy still and replays the stage's exact prompt sequence, once
+per sampling seed: a GRPO run with the stage's settings and ``learning_rate`` 1e-30. A weight then
+moves by ~1e-30 a step at most, which no output of the model shows (tests/code/test_bench.py). The
+peer is the SFT model on the same prompts with the same seeds:
 
     same policy, q4 - q1   what the logged trend shows with no learning at all (prompts and sampling)
     GRPO - SFT, all steps  what GRPO changed in the reward on its own prompts
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def rewards_held_still(model_dir: str, seed: int, out: Path) -> list[float]:
-    """The stage's per-step mean rewards for ``model_dir`` held still, its completions sampled from ``seed``."""
-    import transformers
+def held_still_trainer(model_dir: str, out: Path, params=None, rocot: Path | None = None):
+    """The GRPO stage's trainer for ``model_dir`` on its own prompt order, with ``learning_rate`` 1e-30.
+    ``params`` default to the project's; ``rocot`` to its ``paths.rocot``."""
     from datasets import Dataset
 
     from srvau.config import load_params
@@ -41,14 +41,23 @@ def rewards_held_still(model_dir: str, seed: int, out: Path) -> list[float]:
     from srvau.training.grpo import build_trainer, grpo_rows, interleave_tasks
     from srvau.training.sft import load_split
 
-    params = load_params(overrides={"grpo.learning_rate": 1e-30, "grpo.save_steps": 10**9, "grpo.resume": False})
+    params = params or load_params()
+    params = params.model_copy(update={"grpo": params.grpo.model_copy(
+        update={"learning_rate": 1e-30, "save_steps": 10**9, "resume": False})})
     cfg = params.grpo
-    rows = grpo_rows(load_split(params.resolve(params.paths.rocot), "train").to_list(), cfg, params)
+    rows = grpo_rows(load_split(rocot or params.resolve(params.paths.rocot), "train").to_list(), cfg, params)
     if cfg.task_order != "shuffled":  # the stage's own order (srvau.training.grpo.grpo)
         rows = interleave_tasks(rows, params.seed, by_answer=cfg.task_order == "stratified")
     load_cfg, autocast = checkpoints.training_dtype(params.model)
-    trainer = build_trainer(load_model(model_dir, load_cfg), load_processor(model_dir, params.model),
-                            Dataset.from_list(rows), cfg, params, out, bf16=autocast)
+    return build_trainer(load_model(model_dir, load_cfg), load_processor(model_dir, params.model),
+                         Dataset.from_list(rows), cfg, params, out, bf16=autocast)
+
+
+def rewards_held_still(model_dir: str, seed: int, out: Path) -> list[float]:
+    """The stage's per-step mean rewards for ``model_dir`` held still, its completions sampled from ``seed``."""
+    import transformers
+
+    trainer = held_still_trainer(model_dir, out)
     transformers.set_seed(seed)  # after the trainer's own seeding: only the sampling changes
     trainer.train()
     return [h["reward"] for h in trainer.state.log_history if "reward" in h]
