@@ -15,7 +15,7 @@ Run it in a project that has been through ``make run`` (``data/rocot``, ``models
 ``models/grpo/merged``, its ``params.yaml``). About 90 s per policy and seed on two cores. Prints a
 table, writes bench/results/grpo_reward.json.
 
-    python bench/grpo_reward.py [--models sft=models/sft/merged grpo=models/grpo/merged] [--seeds 1 2 3]
+    python bench/grpo_reward.py [--models sft=models/sft/merged grpo=models/grpo/merged] [--seeds 1 2 3] [--set k=v]
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ def held_still_trainer(model_dir: str, out: Path, params=None, rocot: Path | Non
                          Dataset.from_list(rows), cfg, params, out, bf16=autocast)
 
 
-def rewards_held_still(model_dir: str, seed: int, out: Path) -> list[float]:
+def rewards_held_still(model_dir: str, seed: int, out: Path, params=None) -> list[float]:
     """The stage's per-step mean rewards for ``model_dir`` held still, its completions sampled from ``seed``."""
     import transformers
 
-    trainer = held_still_trainer(model_dir, out)
+    trainer = held_still_trainer(model_dir, out, params)
     transformers.set_seed(seed)  # after the trainer's own seeding: only the sampling changes
     trainer.train()
     return [h["reward"] for h in trainer.state.log_history if "reward" in h]
@@ -73,15 +73,21 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["sft=models/sft/merged", "grpo=models/grpo/merged"],
                     help="name=folder; the first is the peer")
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="sampling seeds")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a param of the project's params.yaml, as the stage was run (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpo_reward.json")
     args = ap.parse_args()
     models = dict(m.split("=", 1) for m in args.models)
+
+    from srvau.config import load_params, parse_override
+
+    params = load_params(overrides=dict(parse_override(o) for o in args.overrides))
 
     runs: dict[str, dict[int, dict]] = {name: {} for name in models}
     with tempfile.TemporaryDirectory(prefix="srvau-bench-reward-") as d:
         for seed in args.seeds:
             for name, folder in models.items():
-                rewards = rewards_held_still(folder, seed, Path(d) / f"{name}-{seed}")
+                rewards = rewards_held_still(folder, seed, Path(d) / f"{name}-{seed}", params)
                 runs[name][seed] = {"rewards": rewards, **quarters(rewards)}
                 r = runs[name][seed]
                 print(f"{name} seed {seed}: q1 {r['q1']:.3f} q4 {r['q4']:.3f} all {r['all']:.3f}", file=sys.stderr)
@@ -104,7 +110,8 @@ def main() -> int:
 
     from bench.common import write_results
 
-    write_results(args.out, {"models": models, "seeds": args.seeds, "runs": runs, "summary": summary})
+    write_results(args.out, {"models": models, "seeds": args.seeds, "overrides": args.overrides, "runs": runs,
+                             "summary": summary})
     return 0
 
 
