@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-slow bench bench-pipeline compare screenshots clean lint
+.PHONY: install run test test-slow bench bench-pipeline bench-reward compare screenshots clean lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench: install
 # The whole demo flow in a temporary copy, timed: stage compute vs orchestration (~9 min).
 bench-pipeline: install
 	$(BIN)/python bench/pipeline.py
+
+# After `make run`: the reward of its SFT and GRPO models held still on GRPO's own prompts (~9 min).
+bench-reward: install
+	$(BIN)/python bench/grpo_reward.py
 
 clean:
 	rm -rf data/demo models reports mlruns mlflow.db .prefect

@@ -38,16 +38,13 @@ def held_still_trainer(model_dir: str, out: Path, params=None, rocot: Path | Non
     from srvau.config import load_params
     from srvau.modeling import load_model, load_processor
     from srvau.training import checkpoints
-    from srvau.training.grpo import build_trainer, grpo_rows, interleave_tasks
-    from srvau.training.sft import load_split
+    from srvau.training.grpo import build_trainer, training_rows
 
     params = params or load_params()
     params = params.model_copy(update={"grpo": params.grpo.model_copy(
         update={"learning_rate": 1e-30, "save_steps": 10**9, "resume": False})})
     cfg = params.grpo
-    rows = grpo_rows(load_split(rocot or params.resolve(params.paths.rocot), "train").to_list(), cfg, params)
-    if cfg.task_order != "shuffled":  # the stage's own order (srvau.training.grpo.grpo)
-        rows = interleave_tasks(rows, params.seed, by_answer=cfg.task_order == "stratified")
+    rows = training_rows(rocot or params.resolve(params.paths.rocot), params)
     load_cfg, autocast = checkpoints.training_dtype(params.model)
     return build_trainer(load_model(model_dir, load_cfg), load_processor(model_dir, params.model),
                          Dataset.from_list(rows), cfg, params, out, bf16=autocast)

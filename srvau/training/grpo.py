@@ -573,6 +573,18 @@ def build_trainer(
     return trainer
 
 
+def training_rows(rocot_dir: Path, params: Params) -> list[dict[str, Any]]:
+    """The stage's prompts from RoCoT's train split, in the order its steps take them (``grpo.task_order``;
+    ``shuffled`` leaves the shuffle to TRL)."""
+    from srvau.training.sft import load_split
+
+    cfg = params.grpo
+    rows = grpo_rows(load_split(Path(rocot_dir), "train").to_list(), cfg, params)
+    if cfg.task_order != "shuffled":
+        rows = interleave_tasks(rows, params.seed, by_answer=cfg.task_order == "stratified")
+    return rows
+
+
 def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dict[str, Any]:
     """The ``grpo`` stage: RL fine-tuning of ``init_model`` (usually the SFT model) on RoCoT's train
     split. Writes ``out_dir/checkpoints`` (resumed automatically when settings and data are unchanged),
@@ -586,13 +598,10 @@ def grpo(rocot_dir: Path, init_model: str, out_dir: Path, params: Params) -> dic
     from srvau.tracking.runs import log_stage_params
     from srvau.training import checkpoints as ckpts
     from srvau.training import common
-    from srvau.training.sft import load_split
 
     cfg = params.grpo
     out_dir = Path(out_dir)
-    rows = grpo_rows(load_split(Path(rocot_dir), "train").to_list(), cfg, params)
-    if cfg.task_order != "shuffled":
-        rows = interleave_tasks(rows, params.seed, by_answer=cfg.task_order == "stratified")
+    rows = training_rows(rocot_dir, params)
     log.info("GRPO on %d prompts (%s) from %s", len(rows), ", ".join(cfg.tasks), rocot_dir)
     fingerprint = ckpts.run_fingerprint(params, "grpo", init_model, ckpts.data_digest(rows))
     resume = ckpts.resume_point(out_dir / "checkpoints", fingerprint, cfg.resume)

@@ -22,14 +22,19 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def videos(ingest_dir, tiny_model_dir, params):
-    """Three clips' processed patches (two distinct sizes would do; the demo's are one size)."""
+    """Four processed clips from the demo's real frames: three whole, and the first of them cut to its first
+    half, so that one call can hold videos of two sizes (the demo's clips are all one size)."""
     from srvau.modeling import load_processor
     from srvau.modeling.inputs import video_inputs
     from srvau.video.cache import load_frames
 
     manifest = pd.read_parquet(ingest_dir / "manifest.parquet")
     processor = load_processor(tiny_model_dir, params.model)
-    return [video_inputs(processor, *load_frames(ingest_dir / path)) for path in manifest["frames_path"][:3]]
+    clips = [load_frames(ingest_dir / path) for path in manifest["frames_path"][:3]]
+    frames, meta = clips[0]
+    half = len(frames) // 2
+    short = (frames[:half], {**meta, "frames_indices": list(meta["frames_indices"])[:half]})
+    return [video_inputs(processor, *clip) for clip in [*clips, short]]
 
 
 def _batch(videos, order):
@@ -43,6 +48,13 @@ def _features(model, pixels, grid):
     import torch
 
     return torch.cat(model.model.get_video_features(pixels, grid).pooler_output)
+
+
+def videos_at(videos, order, position):
+    """The rows of ``order[position]``'s merged features in a call that encodes ``order``."""
+    sizes = [int(videos[i]["video_grid_thw"].prod()) // 4 for i in order]
+    start = sum(sizes[:position])
+    return slice(start, start + sizes[position])
 
 
 def _model(tiny_model_dir, params):
@@ -72,11 +84,21 @@ def test_cached_features_are_the_towers_bit_for_bit_and_each_video_is_encoded_on
     assert cache_vision_trunk(model, 64) is cache  # installed once
 
 
-def videos_at(videos, order, position):
-    """The rows of ``order[position]``'s merged features in a call that encodes ``order``."""
-    sizes = [int(videos[i]["video_grid_thw"].prod()) // 4 for i in order]
-    start = sum(sizes[:position])
-    return slice(start, start + sizes[position])
+def test_videos_of_different_sizes_in_one_call(videos, tiny_model_dir, params):
+    import torch
+
+    from srvau.modeling.vision_cache import cache_vision_trunk
+
+    assert videos[3]["video_grid_thw"][0, 0] < videos[0]["video_grid_thw"][0, 0]  # fewer frames, fewer patches
+    model = _model(tiny_model_dir, params)
+    order = [3, 1, 3, 0]
+    with torch.no_grad():
+        plain = _features(model, *_batch(videos, order))
+        cache = cache_vision_trunk(model, 64)
+        assert torch.equal(_features(model, *_batch(videos, order)), plain)
+        assert torch.equal(_features(model, *_batch(videos, [0, 3])),
+                           torch.cat([plain[videos_at(videos, order, 3)], plain[videos_at(videos, order, 0)]]))
+    assert cache.stats()["misses"] == 3 and cache.stats()["entries"] == 3
 
 
 def test_the_merger_gets_the_gradient_it_gets_without_the_cache(videos, tiny_model_dir, params):
