@@ -269,6 +269,9 @@ class GrpoConfig(Section):
     # proportion (grpo.interleave_tasks), so the reward's trend is not the task mix's; "stratified":
     # interleaved, and each task's answers (letters, classes) in proportion too
     task_order: Literal["shuffled", "interleaved", "stratified"] = "shuffled"
+    # the run takes half as many distinct prompts, forwards and then back in reverse, so its last k prompts
+    # are its first k for every k and the logged reward's trend compares the same prompts (training_rows)
+    mirror_prompts: bool = False
     prompt_style: Literal["reflect", "think", "direct"] | None = None
     max_steps: int = Field(30, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
@@ -307,6 +310,8 @@ class GrpoConfig(Section):
     def _consistent(self) -> "GrpoConfig":
         if self.difficulty_low > self.difficulty_high:
             raise ValueError("difficulty_low must be <= difficulty_high")
+        if self.mirror_prompts and self.task_order == "shuffled":
+            raise ValueError("mirror_prompts needs a fixed prompt order: task_order interleaved or stratified, not shuffled")
         return self
 
 

@@ -47,6 +47,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -573,15 +574,44 @@ def build_trainer(
     return trainer
 
 
-def training_rows(rocot_dir: Path, params: Params) -> list[dict[str, Any]]:
+def prompts_per_run(cfg: GrpoConfig, world_size: int) -> int:
+    """How many prompts a run's ``max_steps`` take: TRL generates once per optimizer step (its
+    ``steps_per_generation`` defaults to the accumulation steps), for ``per_device_train_batch_size x
+    gradient_accumulation_steps x world_size`` completions, ``num_generations`` per prompt."""
+    completions = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
+    return cfg.max_steps * (completions // cfg.num_generations)
+
+
+def mirror(rows: Sequence[dict[str, Any]], slots: int) -> list[dict[str, Any]]:
+    """``slots`` prompts made of the first ``ceil(slots / 2)`` rows, forwards and then back in reverse:
+    the last ``k`` prompts are the first ``k`` for every ``k``. A run's first and last quarter then hold
+    the same prompts, so its logged reward compares the policy before and after on the same questions,
+    where two different draws of ~25 prompts differ by more than 50 steps of GRPO gain
+    (docs/demo-results.md)."""
+    half = -(-slots // 2)
+    if len(rows) < half:
+        raise ValueError(
+            f"grpo.mirror_prompts needs {half} distinct prompts for a run of {slots} "
+            f"(max_steps x prompts per step) and RoCoT's train split has {len(rows)}: "
+            "lower grpo.max_steps or set grpo.mirror_prompts: false"
+        )
+    there = list(rows[:half])
+    return there + there[::-1][slots % 2:]
+
+
+def training_rows(rocot_dir: Path, params: Params, world_size: int | None = None) -> list[dict[str, Any]]:
     """The stage's prompts from RoCoT's train split, in the order its steps take them (``grpo.task_order``;
-    ``shuffled`` leaves the shuffle to TRL)."""
+    ``shuffled`` leaves the shuffle to TRL; ``grpo.mirror_prompts`` then takes them there and back).
+    ``world_size`` defaults to the launcher's ``WORLD_SIZE``."""
     from srvau.training.sft import load_split
 
     cfg = params.grpo
     rows = grpo_rows(load_split(Path(rocot_dir), "train").to_list(), cfg, params)
     if cfg.task_order != "shuffled":
         rows = interleave_tasks(rows, params.seed, by_answer=cfg.task_order == "stratified")
+    if cfg.mirror_prompts:
+        world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        rows = mirror(rows, prompts_per_run(cfg, world_size))
     return rows
 
 

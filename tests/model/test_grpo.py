@@ -303,6 +303,30 @@ def test_stratified_prompts_carry_each_tasks_answers_in_proportion_in_every_stre
     assert ids(3) == ids(3) and ids(3) != ids(4)
 
 
+def test_mirrored_prompts_give_the_first_and_last_quarter_the_same_prompts(rocot_dir, gparams):
+    """``grpo.mirror_prompts``: the run's prompt slots are the order's first half, forwards then back, so
+    every last stretch is the first stretch reversed; the slot count follows the launch's world size."""
+    from srvau.training.grpo import mirror, prompts_per_run, training_rows
+
+    cfg = gparams.grpo.model_copy(update={"task_order": "stratified", "mirror_prompts": True,
+                                          "max_steps": 3, "per_device_train_batch_size": 4, "num_generations": 2})
+    params = gparams.model_copy(update={"grpo": cfg})
+    assert prompts_per_run(cfg, 1) == 6 and prompts_per_run(cfg, 2) == 12
+    assert prompts_per_run(cfg.model_copy(update={"gradient_accumulation_steps": 2}), 1) == 12
+    plain = [r["sample_id"] for r in training_rows(rocot_dir, gparams.model_copy(
+        update={"grpo": cfg.model_copy(update={"mirror_prompts": False})}))]
+    for world in (1, 2):
+        ids = [r["sample_id"] for r in training_rows(rocot_dir, params, world_size=world)]
+        assert len(ids) == prompts_per_run(cfg, world)
+        assert ids[: len(ids) // 2] == plain[: len(ids) // 2]
+        assert all(ids[-k:] == ids[:k][::-1] for k in range(1, len(ids) + 1))
+    assert mirror(list("abc"), 5) == list("abcba") and mirror(list("abc"), 6) == list("abccba")
+    with pytest.raises(ValueError, match="needs 4 distinct prompts"):
+        mirror(list("abc"), 8)
+    with pytest.raises(ValueError, match="fixed prompt order"):
+        cfg.model_validate({**cfg.model_dump(), "task_order": "shuffled"})
+
+
 def test_task_order_decides_whether_trl_shuffles(gparams, tmp_path):
     """"shuffled" is TRL's own shuffle; interleaved and stratified prompts (the demo's default) are fed
     in their order (TRL's shuffle would undo it)."""
