@@ -377,17 +377,20 @@ def test_stage_lora_saves_adapter_merged_model_and_tracks_to_mlflow(tiny_model_d
     cols = table["columns"]
     assert {"prompt", "completion", "sample_id", "task", "reward/format", "advantage"} <= set(cols)
     assert len(table["data"]) == 4
-    # the steps train on the stratified order (two prompts per step, the first four of it), which on
-    # these rows starts otherwise than the tasks-only interleave
+    # the steps train on the stratified order (two prompts per step), which on these rows starts otherwise
+    # than the tasks-only interleave, there and back (grpo.mirror_prompts, the demo's default): the
+    # second step revisits the first step's two prompts
     from srvau.training.grpo import grpo_rows, interleave_tasks
     from srvau.training.sft import load_split
 
+    assert gparams.grpo.mirror_prompts
     rows = grpo_rows(load_split(rocot_dir, "train").to_list(), gparams.grpo, gparams)
     order = [r["sample_id"] for r in interleave_tasks(rows, gparams.seed, by_answer=True)]
-    assert order[:4] != [r["sample_id"] for r in interleave_tasks(rows, gparams.seed)][:4]
-    for step, path in enumerate(tables):
+    assert order[:2] != [r["sample_id"] for r in interleave_tasks(rows, gparams.seed)][:2]
+    for path in tables:
         t = json.loads(Path(client.download_artifacts(run.info.run_id, path, str(tmp_path))).read_text())
-        assert {row[t["columns"].index("sample_id")] for row in t["data"]} == set(order[2 * step : 2 * step + 2])
+        assert {row[t["columns"].index("sample_id")] for row in t["data"]} == set(order[:2])
+    assert summary["prompts"] == 4
 
 
 def test_difficulty_filter_zeroes_advantages_of_trivial_groups(tiny_model_dir, grpo_rows, gparams, tmp_path):
