@@ -118,3 +118,36 @@ def eval_compare(
     except FileNotFoundError as e:
         raise fail(str(e)) from None
     typer.echo(json.dumps({"report": str(Path(out) / "report.html"), "runs": list(result["runs"])}))
+
+
+@eval_app.command("demo-check")
+def eval_demo_check(
+    ctx: typer.Context,
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="metrics.json (default: <evaluate.out_dir>/metrics.json)"),
+    model: str = typer.Option("grpo", "--model", help="the trained model's label in metrics.json"),
+    baseline: str = typer.Option("sft", "--baseline", help="the label it is compared with"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """The demo's claims on one run: the metrics.json of its evaluation and the MLflow reward history
+    of its newest GRPO run (tracking.uri, tracking.experiment). Exit 0 when every claim holds, 1 when
+    one does not, 2 when an input is missing."""
+    from srvau.evaluation.demo_check import demo_criteria, grpo_reward_history, markdown
+    from srvau.tracking.runs import tracking_uri
+
+    p = get_params(ctx)
+    path = metrics or p.resolve(p.evaluate.out_dir) / "metrics.json"
+    if not Path(path).is_file():
+        raise fail(f"no metrics.json at {path}: run the evaluate stage first (make run)")
+    data = json.loads(Path(path).read_text())
+    try:
+        rewards = grpo_reward_history(tracking_uri(p), p.tracking.experiment)
+        rows = demo_criteria(data, rewards, n_classes=len(p.synth.classes) + 1, model=model, baseline=baseline,
+                             style=p.evaluate.primary_style)
+    except LookupError as e:
+        raise fail(str(e)) from None
+    except KeyError as e:
+        raise fail(f"{path} has no {e} entry: evaluate {model!r} and {baseline!r} with qa, grounding and "
+                   "classification in the reflect style") from None
+    typer.echo(json.dumps(rows, indent=1) if as_json else markdown(rows))
+    if not all(r["holds"] for r in rows):
+        raise typer.Exit(1)

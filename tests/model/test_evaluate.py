@@ -348,6 +348,11 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     assert "model sft: no checkpoint" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["prior", "base", "grpo"] and result["models"] == metrics
+    # the demo's claims read the stage's own metrics.json (srvau eval demo-check): every key is there
+    from srvau.evaluation.demo_check import demo_criteria
+
+    claims = demo_criteria(metrics, [0.5] * 4, n_classes=6, baseline="base")
+    assert len(claims) == 8 and not next(c for c in claims if c["name"].startswith("reward"))["holds"]
     paired = metrics["grpo"].pop("paired")
     assert metrics["base"] == metrics["grpo"]  # same checkpoint, greedy decoding: same numbers
     # each model against the one evaluated before it (sft has no checkpoint: grpo against base)
