@@ -129,10 +129,10 @@ def eval_demo_check(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """The demo's claims on one run: the metrics.json of its evaluation and the MLflow reward history
-    of its newest GRPO run (tracking.uri, tracking.experiment). Exit 0 when every claim holds, 1 when
+    of its recipe's newest GRPO run (tracking.uri, tracking.experiment). Exit 0 when every claim holds, 1 when
     one does not, 2 when an input is missing."""
     from srvau.evaluation.demo_check import demo_criteria, grpo_reward_history, markdown
-    from srvau.tracking.runs import tracking_uri
+    from srvau.tracking.runs import recipe_label, tracking_uri
 
     p = get_params(ctx)
     path = metrics or p.resolve(p.evaluate.out_dir) / "metrics.json"
@@ -140,7 +140,7 @@ def eval_demo_check(
         raise fail(f"no metrics.json at {path}: run the evaluate stage first (make run)")
     data = json.loads(Path(path).read_text())
     try:
-        rewards = grpo_reward_history(tracking_uri(p), p.tracking.experiment)
+        rewards = grpo_reward_history(tracking_uri(p), p.tracking.experiment, recipe_label(p))
         rows = demo_criteria(data, rewards, n_classes=len(p.synth.classes) + 1, model=model, baseline=baseline,
                              style=p.evaluate.primary_style)
     except LookupError as e:

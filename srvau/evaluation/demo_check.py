@@ -75,23 +75,24 @@ def demo_criteria(
     ]
 
 
-def grpo_reward_history(tracking_uri: str, experiment: str, metric: str = "grpo.reward") -> list[float]:
-    """The logged reward of the newest run of the ``grpo`` stage in ``experiment``, step by step."""
+def grpo_reward_history(tracking_uri: str, experiment: str, recipe: str, metric: str = "grpo.reward") -> list[float]:
+    """The logged reward of the newest run of the ``grpo`` stage of ``recipe`` (its ``srvau.recipe`` tag)
+    in ``experiment``, step by step: ``make compare`` trains other recipes into the same experiment."""
     from mlflow.tracking import MlflowClient
 
-    from srvau.tracking.runs import TAG_STAGE
+    from srvau.tracking.runs import TAG_RECIPE, TAG_STAGE
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
-    runs = client.search_runs([exp.experiment_id], f"tags.`{TAG_STAGE}` = 'grpo'",
+    runs = client.search_runs([exp.experiment_id], f"tags.`{TAG_STAGE}` = 'grpo' and tags.`{TAG_RECIPE}` = '{recipe}'",
                               order_by=["attributes.start_time DESC"], max_results=20)
     for run in runs:
         history = client.get_metric_history(run.info.run_id, metric)
         if history:
             return [h.value for h in sorted(history, key=lambda h: h.step)]
-    raise LookupError(f"no grpo run with {metric!r} in experiment {experiment!r} at {tracking_uri}")
+    raise LookupError(f"no grpo run of recipe {recipe!r} with {metric!r} in experiment {experiment!r} at {tracking_uri}")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -164,7 +164,12 @@ def lineage_tags(params: Params) -> dict[str, str]:
         lock_digest = sha256_file(lock)
     except OSError:
         lock_digest = "none"
-    return {TAG_GIT: git_commit(), TAG_DVC_LOCK: lock_digest, TAG_RECIPE: params.recipe or "demo"}
+    return {TAG_GIT: git_commit(), TAG_DVC_LOCK: lock_digest, TAG_RECIPE: recipe_label(params)}
+
+
+def recipe_label(params: Params) -> str:
+    """What a run's ``srvau.recipe`` tag says: the recipe's name, ``demo`` for the defaults."""
+    return params.recipe or "demo"
 
 
 # ----------------------------------------------------------------------------- processes

@@ -73,15 +73,15 @@ def test_quarters_are_the_first_and_last_quarter_of_the_steps():
 def test_cli_reads_the_newest_grpo_run_of_a_real_store(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from srvau.tracking.runs import TAG_STAGE
+    from srvau.tracking.runs import TAG_RECIPE, TAG_STAGE
 
     uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "demo-check"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # wins over tracking.uri, as for every command
     client = MlflowClient(uri)
     exp = client.create_experiment(experiment, artifact_location=str(tmp_path / "mlruns"))
 
-    def grpo_run(rewards, stage="grpo"):
-        run = client.create_run(exp, tags={TAG_STAGE: stage})
+    def grpo_run(rewards, stage="grpo", recipe="demo"):
+        run = client.create_run(exp, tags={TAG_STAGE: stage, TAG_RECIPE: recipe})
         for step, r in enumerate(rewards, 1):
             client.log_metric(run.info.run_id, "grpo.reward", r, step=step)
         client.set_terminated(run.info.run_id)
@@ -96,6 +96,7 @@ def test_cli_reads_the_newest_grpo_run_of_a_real_store(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "no grpo run" in res.output  # nothing logged yet
     grpo_run(RISING)
     grpo_run([5.0] * 8, stage="sft")  # another stage's run is not read
+    grpo_run(RISING[::-1], recipe="vau-r1")  # nor another recipe's (make compare trains it into the same experiment)
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "| reward rises (last quarter > first) | 0.800 -> 1.000 over 50 steps | yes |" in res.output
