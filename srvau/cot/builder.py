@@ -89,8 +89,8 @@ def option_orders(row: dict[str, Any], n: int) -> list[tuple[str, dict[str, Any]
     out = [("", row)]
     for r in range(1, min(n, 4)):
         rotated = dict(row)
-        for i, field in enumerate(OPTION_FIELDS):
-            rotated[OPTION_FIELDS[(i + r) % 4]] = row.get(field)
+        for i, name in enumerate(OPTION_FIELDS):
+            rotated[OPTION_FIELDS[(i + r) % 4]] = row.get(name)
         letter = (optional_text(row.get("correct_option")) or "").upper()
         if letter in LETTERS:
             rotated["correct_option"] = LETTERS[(LETTERS.index(letter) + r) % 4]
