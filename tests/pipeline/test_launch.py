@@ -213,7 +213,10 @@ def test_the_flow_runs_grpo_and_evaluate_on_two_ranks(two_rank_project, prefect_
                           cwd=project, env={**_env(project), "PREFECT_API_URL": prefect_api},
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert json.loads((project / "models/grpo/summary.json").read_text())["world_size"] == 2
+    grpo = json.loads((project / "models/grpo/summary.json").read_text())
+    # two steps of 8 completions over two ranks: one prompt each, there and back (grpo.mirror_prompts
+    # counts the launcher's ranks; one rank would have made one slot)
+    assert grpo["world_size"] == 2 and grpo["prompts"] == 2
     inference = json.loads((project / "reports/eval/inference.json").read_text())
     assert {label: stats["processes"] for label, stats in inference.items()} == {"base": 2, "sft": 2, "grpo": 2}
     with sqlite3.connect(project / "mlflow.db") as db:
