@@ -1,9 +1,10 @@
 """Benchmark: the reward each policy earns on GRPO's own prompts, with the policy held still.
 
 The GRPO stage logs the mean reward of every step (``grpo.reward``), and the demo's criteria read its
-trend: the last quarter of steps against the first. But each step draws its own prompts (two in the
-demo) and samples its completions, so the two quarters differ in prompts and in luck as well as in
-the policy. This script holds each policy still and replays the stage's exact prompt sequence, once
+trend: the last quarter of steps against the first. Each step samples its completions, and unless
+``grpo.mirror_prompts`` is on (the demo's default since 3baa260) the two quarters also hold different
+prompts, so they differ in prompts and in luck as well as in the policy; the numbers in docs were
+measured on the stratified order before mirroring. This script holds each policy still and replays the stage's exact prompt sequence, once
 per sampling seed: a GRPO run with the stage's settings and ``learning_rate`` 1e-30. A weight then
 moves by ~1e-30 a step at most, which no output of the model shows (tests/code/test_bench.py). The
 peer is the SFT model on the same prompts with the same seeds:
@@ -61,8 +62,10 @@ def rewards_held_still(model_dir: str, seed: int, out: Path, params=None) -> lis
 
 
 def quarters(rewards: list[float]) -> dict[str, float]:
-    q = len(rewards) // 4
-    return {"q1": statistics.fmean(rewards[:q]), "q4": statistics.fmean(rewards[-q:]), "all": statistics.fmean(rewards)}
+    from srvau.evaluation.demo_check import quarter_means  # the demo's own reading of the trend
+
+    q1, q4 = quarter_means(rewards)
+    return {"q1": q1, "q4": q4, "all": statistics.fmean(rewards)}
 
 
 def main() -> int:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from srvau.evaluation.headline import fmt_gain, fmt_value
+
 MIN_VIDEOS = 40
 MIN_MIOU = 40.0
 QA_CHANCE = 25.0
@@ -56,16 +58,16 @@ def demo_criteria(
     w2r, r2w = count("wrong_to_right"), count("right_to_wrong")
     first, final = count("first_accuracy"), count("final_accuracy")
     r_first, r_last = quarter_means(rewards)
-    ci = lambda lo_hi: f"[{lo_hi[0]:.1f}, {lo_hi[1]:.1f}]"  # noqa: E731
     return [
         {"name": f"test split >= {MIN_VIDEOS} videos", "value": f"{cls['n']}", "holds": cls["n"] >= MIN_VIDEOS},
-        {"name": f"QA above chance ({QA_CHANCE:.0f}%)", "value": f"{qa['accuracy']:.1f} {ci(qa['accuracy_ci95'])}",
+        {"name": f"QA above chance ({QA_CHANCE:.0f}%)", "value": fmt_value(qa["accuracy"], qa["accuracy_ci95"]),
          "holds": qa["accuracy_ci95"][0] > QA_CHANCE},
         {"name": f"classification above chance ({cls_chance:.1f}%)",
-         "value": f"{cls['multi_acc']:.1f} {ci(cls['multi_acc_ci95'])}", "holds": cls["multi_acc_ci95"][0] > cls_chance},
-        {"name": f"grounding mIoU >= {MIN_MIOU:.0f}", "value": f"{gr['miou']:.1f}", "holds": gr["miou"] >= MIN_MIOU},
+         "value": fmt_value(cls["multi_acc"], cls["multi_acc_ci95"]), "holds": cls["multi_acc_ci95"][0] > cls_chance},
+        {"name": f"grounding mIoU >= {MIN_MIOU:.0f}", "value": fmt_value(gr["miou"], None), "holds": gr["miou"] >= MIN_MIOU},
         {"name": f"{model} >= {baseline}, pooled", "value": f"{paired['this_only']} right only after, "
-         f"{paired['other_only']} only before ({paired['difference']:+.1f} points {ci(paired['difference_ci95'])})",
+         f"{paired['other_only']} only before ({fmt_gain(paired['difference'])} points "
+         f"{fmt_value(paired['difference'], paired['difference_ci95']).split(' ', 1)[1]})",
          "holds": paired["this_only"] >= paired["other_only"]},
         {"name": "reward rises (last quarter > first)", "value": f"{r_first:.3f} -> {r_last:.3f} over {len(rewards)} steps",
          "holds": r_last > r_first},
