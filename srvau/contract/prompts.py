@@ -7,6 +7,7 @@ task questions follows VAU-R1's prompts in spirit; exact strings are ours.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Mapping
 
 from srvau.contract.vocab import CLASSES, LETTERS, TASKS
@@ -69,6 +70,16 @@ def option_key_word(option: str) -> str:
 def option_choice(option: str, letter: str) -> str:
     """How a QA pass states its choice, the key word right before the letter: "Orange B fits"."""
     return f"{option_key_word(option) or 'option'} {letter} fits"
+
+
+_CHOICE = re.compile(r"([^\s;,.:]+) ([A-D]) fits\b")
+
+
+def named_choice(text: str | None) -> tuple[str, str] | None:
+    """(key word, letter) of the last choice ``text`` states as :func:`option_choice` writes it
+    ("...; Orange B fits." -> ("Orange", "B")); None when it states none."""
+    found = _CHOICE.findall(str(text or ""))
+    return found[-1] if found else None
 
 
 def task_prompt(task: str, row: Mapping[str, Any]) -> str:

@@ -28,7 +28,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from srvau.contract.prompts import named_choice, option_key_word, qa_prompt_parts
 from srvau.contract.scoring import lenient_cls_correct, lenient_iou, lenient_qa_correct, well_formed
+from srvau.contract.trace import pass_text
 from srvau.contract.vocab import METRIC_TASK
 
 RECALL_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -129,6 +131,32 @@ def task_metrics(task: str, texts: Sequence[str | None], gts: Sequence, which: s
     if fn is None:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     return {"task": task, **fn(texts, gts, which)}
+
+
+def qa_choice_metrics(prompts: Sequence[str], texts: Sequence[str | None], gts: Sequence[str], which: str = "final") -> dict:
+    """A QA answer needs two things: seeing what happens and finding the option that says so. Traces
+    that state their choice as the annotation teacher writes it ("...; Orange B fits.",
+    :func:`srvau.contract.prompts.option_choice`) show both apart:
+
+    * ``named_share``: outputs whose pass states a choice that way (of all);
+    * ``seen_accuracy``: of those, the named key word is the correct option's (the video read right);
+    * ``lookup_accuracy``: of those, the named letter's option carries the named key word (the letter
+      found right, whatever was seen).
+    """
+    _same_length(texts, gts)
+    _same_length(prompts, gts)
+    named, seen, looked = [], [], []
+    for prompt, text, gt in zip(prompts, texts, gts):
+        parts = qa_prompt_parts(prompt)
+        choice = named_choice(pass_text(text, which))
+        named.append(parts is not None and choice is not None)
+        if not named[-1]:
+            continue
+        keys = {letter: option_key_word(o).lower() for letter, o in zip("ABCD", parts[1])}
+        word, letter = choice[0].lower(), choice[1]
+        seen.append(word == keys.get(str(gt).strip().upper()))
+        looked.append(word == keys[letter])
+    return {**_rate("named_share", named), **_rate("seen_accuracy", seen), **_rate("lookup_accuracy", looked)}
 
 
 # ----------------------------------------------------------------------------- reflection

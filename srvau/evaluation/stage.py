@@ -135,6 +135,8 @@ def compute_metrics(records: list[dict[str, Any]], iou_right: float = 0.5) -> di
         if task in METRIC_TASK:
             m = M.task_metrics(METRIC_TASK[task], texts, _gts(task, recs))
             m.pop("task", None)
+            if task == "qa":
+                m.update(M.qa_choice_metrics([r["prompt"] for r in recs], texts, _gts(task, recs)))
         else:
             recall = [r["keyword_recall"] for r in recs if r.get("keyword_recall") is not None]
             m = {"n": len(recs), **M.mean_metric("keyword_recall", recall)}

@@ -18,6 +18,7 @@ from srvau.evaluation.metrics import (
     cls_correct,
     cls_metrics,
     pct,
+    qa_choice_metrics,
     qa_correct,
     qa_metrics,
     reflection_metrics,
@@ -148,6 +149,35 @@ def test_cls_rules(text, gt, expected):
 def test_cls_metrics_by_hand():
     got = cls_metrics(["Fire", "Normal", "Fighting", None], ["Fire", "Normal", "Assault", "Fire"])
     assert point(got) == {"n": 4, "binary_acc": 75.0, "multi_acc": 50.0}
+
+
+def test_qa_choice_metrics_split_seeing_from_looking_up():
+    """The annotation teacher's choice ("...; Orange B fits.") tells a misread video from a letter found
+    at the wrong option: the two failures GRPO trades against each other on the demo."""
+    from srvau.contract.prompts import option_choice, qa_row, task_prompt
+
+    options = ["Orange flames spread", "Grey smoke rises", "A blue car crashes", "Nothing happens"]
+    prompt = task_prompt("qa", qa_row("What happens?", options))
+
+    def said(key_option: int, letter: str) -> str:  # names options[key_option]'s key word, then a letter
+        think = "I see " + option_choice(options[key_option], letter)
+        return render_trace("first look", "D", "check", think, letter)
+
+    texts = [
+        said(1, "B"),  # seen and looked up: right
+        said(1, "A"),  # seen, the letter found at the wrong option
+        said(0, "A"),  # misread the video, looked up right
+        "<think>no choice named</think><answer>B</answer>",
+    ]
+    m = qa_choice_metrics([prompt] * 4, texts, ["B"] * 4)
+    assert (m["named_share"], m["seen_accuracy"], m["lookup_accuracy"]) == (75.0, 66.67, 66.67)
+    assert m["lookup_accuracy_ci95"][0] < 66.67 < m["lookup_accuracy_ci95"][1]
+    # the final pass is read, not the first: here only the first pass names a choice
+    first_only = render_trace("I see " + option_choice(options[1], "B"), "B", "check", "sure", "B")
+    assert qa_choice_metrics([prompt], [first_only], ["B"])["named_share"] == 0.0
+    assert qa_choice_metrics([prompt], [first_only], ["B"], which="first")["seen_accuracy"] == 100.0
+    # a prompt that is not a QA prompt names nothing
+    assert qa_choice_metrics(["p"], [texts[0]], ["B"])["seen_accuracy"] is None
 
 
 # ----------------------------------------------------------------------------- reflection

@@ -239,7 +239,10 @@ def test_metrics_from_handwritten_outputs():
     assert recs[3]["first_answer"] == [2.0, 4.0] and recs[3]["final_answer"] == [3.0, 7.0]
     assert recs[4]["final_answer"] == [0.0, 4.0]
     m = compute_metrics(recs)
-    assert m["qa"]["reflect"] == {"n": 3, "accuracy": 66.67, "accuracy_ci95": [20.77, 93.85], "well_formed": 100.0, "truncated": 0.0}
+    assert m["qa"]["reflect"] == {"n": 3, "accuracy": 66.67, "accuracy_ci95": [20.77, 93.85], "well_formed": 100.0, "truncated": 0.0,
+                                  # the handwritten prompts ("p") are no QA prompts: no choice to read
+                                  "named_share": 0.0, "named_share_ci95": [0.0, 56.15], "seen_accuracy": None,
+                                  "seen_accuracy_ci95": None, "lookup_accuracy": None, "lookup_accuracy_ci95": None}
     g = m["grounding"]["reflect"]
     assert (g["n"], g["miou"], g["r@0.3"], g["r@0.5"], g["r@0.7"]) == (2, 80.0, 100.0, 100.0, 50.0)
     # one rule (srvau.contract.scoring.well_formed): a grounding pass without <glue> is malformed
@@ -367,7 +370,9 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     m = metrics["base"]
     for task in TASKS:
         assert set(m[task]) == {"reflect", "direct"}
-    assert set(m["qa"]["reflect"]) == {"n", "accuracy", "accuracy_ci95", "well_formed", "truncated"} and m["qa"]["reflect"]["n"] == 2
+    choice = {f"{k}{ci}" for k in ("named_share", "seen_accuracy", "lookup_accuracy") for ci in ("", "_ci95")}
+    assert set(m["qa"]["reflect"]) == {"n", "accuracy", "accuracy_ci95", "well_formed", "truncated", *choice}
+    assert m["qa"]["reflect"]["n"] == 2
     point = {"miou", "r@0.3", "r@0.5", "r@0.7"}
     assert set(m["grounding"]["direct"]) == {"n", "well_formed", "truncated"} | point | {f"{k}_ci95" for k in point}
     assert set(m["description"]["direct"]) == {"n", "well_formed", "truncated", "keyword_recall", "keyword_recall_ci95"}
