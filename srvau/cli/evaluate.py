@@ -129,18 +129,26 @@ def eval_demo_check(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """The demo's claims on one run: the metrics.json of its evaluation and the MLflow reward history
-    of its recipe's newest GRPO run (tracking.uri, tracking.experiment). Exit 0 when every claim holds, 1 when
-    one does not, 2 when an input is missing."""
-    from srvau.evaluation.demo_check import demo_criteria, grpo_reward_history, markdown
+    of the GRPO run that trained the evaluated model, found by the weights' digest in the inference.json
+    beside it (without one: the recipe's newest GRPO run; tracking.uri, tracking.experiment). Exit 0 when
+    every claim holds, 1 when one does not, 2 when an input is missing."""
+    from srvau.evaluation.demo_check import demo_criteria, grpo_reward_history, markdown, trained_model_reward_history
     from srvau.tracking.runs import recipe_label, tracking_uri
 
     p = get_params(ctx)
-    path = metrics or p.resolve(p.evaluate.out_dir) / "metrics.json"
-    if not Path(path).is_file():
+    path = Path(metrics or p.resolve(p.evaluate.out_dir) / "metrics.json")
+    if not path.is_file():
         raise fail(f"no metrics.json at {path}: run the evaluate stage first (make run)")
-    data = json.loads(Path(path).read_text())
+    data = json.loads(path.read_text())
+    inference = path.parent / "inference.json"
+    digest = (json.loads(inference.read_text()).get(model) or {}).get("checkpoint_sha256") if inference.is_file() else None
     try:
-        rewards = grpo_reward_history(tracking_uri(p), p.tracking.experiment, recipe_label(p))
+        if digest:
+            rewards = trained_model_reward_history(tracking_uri(p), p.tracking.experiment, digest)
+        else:
+            typer.echo(f"{inference} records no weights digest for {model!r}: the reward is read from the newest "
+                       f"GRPO run of recipe {recipe_label(p)!r}, which may not have trained the evaluated model", err=True)
+            rewards = grpo_reward_history(tracking_uri(p), p.tracking.experiment, recipe_label(p))
         rows = demo_criteria(data, rewards, n_classes=len(p.synth.classes) + 1, model=model, baseline=baseline,
                              style=p.evaluate.primary_style)
     except LookupError as e:

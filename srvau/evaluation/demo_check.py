@@ -11,8 +11,9 @@ The claims (docs/demo-results.md reads every seed through them):
 - pooled over QA and classification, reflection fixes more answers than it breaks, and final accuracy
   exceeds first-answer accuracy (reflective outputs only).
 
-Pure: :func:`demo_criteria` reads a parsed ``metrics.json`` and a reward history; fetching the history
-from MLflow is :func:`grpo_reward_history`'s job.
+Pure: :func:`demo_criteria` reads a parsed ``metrics.json`` and a reward history. Fetching the history
+from MLflow is :func:`trained_model_reward_history`'s job (the run that logged the evaluated weights),
+or :func:`grpo_reward_history`'s (the recipe's newest GRPO run) when the evaluation recorded no digest.
 """
 
 from __future__ import annotations
@@ -95,6 +96,30 @@ def grpo_reward_history(tracking_uri: str, experiment: str, recipe: str, metric:
         if history:
             return [h.value for h in sorted(history, key=lambda h: h.step)]
     raise LookupError(f"no grpo run of recipe {recipe!r} with {metric!r} in experiment {experiment!r} at {tracking_uri}")
+
+
+def trained_model_reward_history(tracking_uri: str, experiment: str, digest: str, metric: str = "grpo.reward") -> list[float]:
+    """The logged reward of the GRPO run that logged the checkpoint whose weights' digest is ``digest``
+    (``srvau.checkpoint_sha256`` on its MLflow logged model; the evaluation records it in
+    ``inference.json``): the run that trained the evaluated model, even when a newer one exists."""
+    from mlflow.tracking import MlflowClient
+
+    from srvau.tracking.models import TAG_DIGEST
+    from srvau.tracking.runs import TAG_STAGE
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    models = client.search_logged_models([exp.experiment_id], filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'",
+                                         order_by=[{"field_name": "creation_time", "ascending": False}], max_results=50)
+    for model in [m for m in models if m.tags.get(TAG_STAGE) == "grpo"]:
+        history = client.get_metric_history(model.source_run_id, metric) if model.source_run_id else []
+        if history:
+            return [h.value for h in sorted(history, key=lambda h: h.step)]
+    raise LookupError(f"no grpo run in experiment {experiment!r} at {tracking_uri} logged the evaluated model "
+                      f"(weights sha256 {digest[:12]}...) with {metric!r}: was it trained with tracking off, or "
+                      "into another store?")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

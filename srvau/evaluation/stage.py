@@ -7,7 +7,8 @@ Outputs under ``out_dir`` (``reports/eval`` by default)::
                                  first the video-blind ``prior`` (srvau.evaluation.prior)
     dataset.json                 what the numbers were measured on: manifest, split, limit, the
                                  manifest's digest (srvau.tracking.model_metrics.dataset_record)
-    inference.json               throughput, padding and ``processes`` (the world size) per model (kept
+    inference.json               the checkpoint and its weights' sha256, throughput, padding and
+                                 ``processes`` (the world size) per model (kept
                                  out of metrics.json: machine-dependent noise for ``dvc metrics diff``)
     predictions/<model>.jsonl    one record per (video, task, style): prompt, output, parsed answers, truth
     judge/<model>.jsonl          every VAU-Eval verdict (when the judge is on)
@@ -290,6 +291,7 @@ def evaluate(
     from srvau.evaluation.report import write_report
     from srvau.modeling import load_model, load_processor
     from srvau.tracking.model_metrics import DATASET_FILE, dataset_record
+    from srvau.tracking.models import checkpoint_digest, is_checkpoint
     from srvau.tracking.runs import (
         log_stage_artifact,
         log_stage_artifacts,
@@ -336,7 +338,9 @@ def evaluate(
         results[label] = m
         records_by_model[label] = records
         predictions[label] = str(pred_path)
-        inference[label] = {"checkpoint": ckpt, "processes": world, **stats.as_dict()}  # world size, also at 1
+        # the weights' digest: which training run made the model is looked up by it (srvau eval demo-check)
+        digest = checkpoint_digest(ckpt) if main and is_checkpoint(ckpt) else None
+        inference[label] = {"checkpoint": ckpt, "checkpoint_sha256": digest, "processes": world, **stats.as_dict()}  # world size, also at 1
         if main:
             log_stage_metrics(STAGE, {label: _numeric(m)})
 

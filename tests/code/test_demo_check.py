@@ -94,6 +94,7 @@ def test_cli_reads_the_newest_grpo_run_of_a_real_store(tmp_path, monkeypatch):
 
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "no grpo run" in res.output  # nothing logged yet
+    assert "records no weights digest" in res.stderr  # no inference.json: the newest run stands in, said so
     grpo_run(RISING)
     grpo_run([5.0] * 8, stage="sft")  # another stage's run is not read
     grpo_run(RISING[::-1], recipe="vau-r1")  # nor another recipe's (make compare trains it into the same experiment)
@@ -104,7 +105,47 @@ def test_cli_reads_the_newest_grpo_run_of_a_real_store(tmp_path, monkeypatch):
     grpo_run(RISING[::-1])  # a newer GRPO run whose reward falls
     res = runner.invoke(app, [*args, "--json"])
     assert res.exit_code == 1
-    rows = {r["name"]: r for r in json.loads(res.output)}
+    rows = {r["name"]: r for r in json.loads(res.stdout)}  # the note goes to stderr
     assert rows["reward rises (last quarter > first)"]["holds"] is False
     res = runner.invoke(app, [*args[:-1], str(tmp_path / "missing.json")])
     assert res.exit_code == 2 and "no metrics.json" in res.output
+
+
+def test_cli_reads_the_run_that_trained_the_evaluated_weights(tmp_path, monkeypatch):
+    """With the weights' digest in inference.json, the reward is the run's that logged those weights,
+    not the newest GRPO run's: a GRPO re-run without a new evaluation must not speak for the old model."""
+    from mlflow.tracking import MlflowClient
+
+    from srvau.tracking.models import TAG_DIGEST
+    from srvau.tracking.runs import TAG_RECIPE, TAG_STAGE
+
+    uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "demo-check"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    exp = client.create_experiment(experiment, artifact_location=str(tmp_path / "mlruns"))
+
+    def grpo_run(rewards, digest, stage="grpo"):
+        run = client.create_run(exp, tags={TAG_STAGE: stage, TAG_RECIPE: "demo"})
+        for step, r in enumerate(rewards, 1):
+            client.log_metric(run.info.run_id, "grpo.reward", r, step=step)
+        client.create_logged_model(exp, name=stage, source_run_id=run.info.run_id, tags={TAG_STAGE: stage, TAG_DIGEST: digest})
+        client.set_terminated(run.info.run_id)
+
+    grpo_run(RISING, "aaa")  # trained the evaluated model
+    grpo_run(RISING[::-1], "bbb")  # newer, its reward falls
+    grpo_run([5.0] * 8, "ccc", stage="sft")  # SFT's weights: no GRPO run made them
+    (tmp_path / "metrics.json").write_text(json.dumps(run_metrics()))
+    args = ["--set", f"tracking.experiment={experiment}", "eval", "demo-check", "--metrics", str(tmp_path / "metrics.json")]
+    runner = CliRunner()
+
+    def check(digest):
+        (tmp_path / "inference.json").write_text(json.dumps({"grpo": {"checkpoint": "models/grpo/merged", "checkpoint_sha256": digest}}))
+        return runner.invoke(app, args)
+
+    res = check("aaa")
+    assert res.exit_code == 0, res.output
+    assert "| reward rises (last quarter > first) | 0.800 -> 1.000 over 50 steps | yes |" in res.output
+    assert check("bbb").exit_code == 1
+    for unknown in ("ccc", "ddd"):
+        res = check(unknown)
+        assert res.exit_code == 2 and "logged the evaluated model" in res.output

@@ -394,6 +394,9 @@ def test_stage_end_to_end(manifest, tiny_model_dir, params, tmp_path, isolated_m
     assert settings["enabled"] and settings["model"] == p.evaluate.judge.model and "api_key_env" not in settings
     inference = json.loads((out / "inference.json").read_text())
     assert inference["base"]["samples"] == len(recs) and inference["base"]["samples_per_s"] > 0
+    from srvau.tracking.models import checkpoint_digest  # which run trained it is looked up by this
+
+    assert inference["grpo"]["checkpoint_sha256"] == checkpoint_digest(tiny_model_dir)
     dataset = json.loads((out / "dataset.json").read_text())  # what `srvau register --metrics` logs them on
     assert dataset == {"name": f"{manifest}:test[:2]", "manifest": str(manifest), "split": "test", "limit": 2,
                        "digest": hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]}
