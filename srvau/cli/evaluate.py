@@ -144,7 +144,7 @@ def eval_demo_check(
     digest = (json.loads(inference.read_text()).get(model) or {}).get("checkpoint_sha256") if inference.is_file() else None
     try:
         if digest:
-            rewards = trained_model_reward_history(tracking_uri(p), p.tracking.experiment, digest)
+            rewards = trained_model_reward_history(p, digest)
         else:
             typer.echo(f"{inference} records no weights digest for {model!r}: the reward is read from the newest "
                        f"GRPO run of recipe {recipe_label(p)!r}, which may not have trained the evaluated model", err=True)

@@ -98,28 +98,27 @@ def grpo_reward_history(tracking_uri: str, experiment: str, recipe: str, metric:
     raise LookupError(f"no grpo run of recipe {recipe!r} with {metric!r} in experiment {experiment!r} at {tracking_uri}")
 
 
-def trained_model_reward_history(tracking_uri: str, experiment: str, digest: str, metric: str = "grpo.reward") -> list[float]:
+def trained_model_reward_history(params: Any, digest: str, metric: str = "grpo.reward") -> list[float]:
     """The logged reward of the GRPO run that logged the checkpoint whose weights' digest is ``digest``
-    (``srvau.checkpoint_sha256`` on its MLflow logged model; the evaluation records it in
-    ``inference.json``): the run that trained the evaluated model, even when a newer one exists."""
+    (found as every stage finds a model, :func:`srvau.tracking.models.find_logged_model`; the evaluation
+    records the digest in ``inference.json``): the run that trained the evaluated model, even when a
+    newer one exists."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    from srvau.tracking.models import TAG_DIGEST
-    from srvau.tracking.runs import TAG_STAGE
+    from srvau.tracking.models import find_logged_model
+    from srvau.tracking.runs import TAG_STAGE, tracking_uri
 
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise LookupError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
-    models = client.search_logged_models([exp.experiment_id], filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'",
-                                         order_by=[{"field_name": "creation_time", "ascending": False}], max_results=50)
-    for model in [m for m in models if m.tags.get(TAG_STAGE) == "grpo"]:
-        history = client.get_metric_history(model.source_run_id, metric) if model.source_run_id else []
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    model = find_logged_model(digest, params, stage="grpo")
+    if model is not None and model.tags.get(TAG_STAGE) == "grpo" and model.source_run_id:
+        history = MlflowClient(uri).get_metric_history(model.source_run_id, metric)
         if history:
             return [h.value for h in sorted(history, key=lambda h: h.step)]
-    raise LookupError(f"no grpo run in experiment {experiment!r} at {tracking_uri} logged the evaluated model "
-                      f"(weights sha256 {digest[:12]}...) with {metric!r}: was it trained with tracking off, or "
-                      "into another store?")
+    raise LookupError(f"no grpo run in experiment {params.tracking.experiment!r} at {uri} logged the evaluated "
+                      f"model (weights sha256 {digest[:12]}...) with {metric!r}: was it trained with tracking off, "
+                      "or into another store?")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

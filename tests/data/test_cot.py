@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 
 from srvau.config import load_params
 from srvau.contract import trace as fmt
-from srvau.contract.prompts import option_key_word
+from srvau.contract.prompts import named_choice, option_key_word
 from srvau.contract.scoring import content_words
 from srvau.cot.builder import ManifestError, build_rocot
 from srvau.cot.dataset import COLUMNS, SPLITS, load_all, load_rocot
 from srvau.cot.filter import DROP_REASONS, quality_filter, row_truth
+from srvau.evaluation.metrics import qa_choice_metrics
 from srvau.training.rewards import final_correct, format_single_score
 
 TASKS = ("qa", "grounding", "classification", "description")
@@ -171,9 +172,16 @@ def test_qa_passes_name_their_option_by_its_key_word_just_before_the_letter(buil
         options = _options(r["prompt"])
         tr = fmt.parse_trace(r["completion"])
         for think, answer in ((tr.first_think, tr.first_answer), (tr.final_think, tr.final_answer)):
-            key, letter = re.search(r"; (\S+) ([A-D]) fits\.$", think).groups()
+            assert think.endswith(" fits."), think
+            key, letter = named_choice(think)  # the evaluation's reader of the same phrase
             assert letter == answer.strip() and key == option_key_word(options[letter]), (think, options)
         assert tr.final_answer.strip() == r["answer"]
+    # the evaluation's diagnostics on the teacher's own traces: every choice named, every letter found,
+    # and the final one names the right option (what a trained model's traces are read against)
+    m = qa_choice_metrics(list(qa["prompt"]), list(qa["completion"]), list(qa["answer"]))
+    assert (m["named_share"], m["lookup_accuracy"], m["seen_accuracy"]) == (100.0, 100.0, 100.0)
+    first = qa_choice_metrics(list(qa["prompt"]), list(qa["completion"]), list(qa["answer"]), which="first")
+    assert first["lookup_accuracy"] == 100.0 and first["seen_accuracy"] < 100.0  # flawed first passes misread
 
 
 def test_train_qa_comes_in_every_option_order_and_val_test_in_the_annotated_one(built, manifest, params):
@@ -425,3 +433,8 @@ def test_annotation_teacher_on_real_vau_bench_annotations(params, vau_bench_dir)
     for (split, task), g in df.groupby(["split", "task"]):
         assert int((~g["first_correct"]).sum()) == math.floor(params.cot.flawed_share * len(g) + 0.5)
     assert max(len(c.split()) for c in df["completion"]) < 120
+    # real option texts (articles, punctuation, shared first words): the evaluation still reads every
+    # choice the teacher names and finds its letter at an option carrying the named word
+    qa = df[df["task"] == "qa"]
+    m = qa_choice_metrics(list(qa["prompt"]), list(qa["completion"]), list(qa["answer"]))
+    assert len(qa) > 100 and (m["named_share"], m["lookup_accuracy"], m["seen_accuracy"]) == (100.0, 100.0, 100.0)
