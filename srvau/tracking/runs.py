@@ -5,7 +5,8 @@ subprocess through ``SRVAU_PARENT_RUN_ID``; the stage opens a child run of it, n
 holding the params that stage reads (its ``params:`` in dvc.yaml), its metrics and its artifacts. A
 stage run by hand (``srvau sft`` or plain ``dvc repro``) opens a top-level run of its own
 (``stage-<name>``, every param). ``MLFLOW_RUN_ID``, when set, still attaches the stage to that run.
-Every run carries :func:`lineage_tags`: the git commit, the digest of ``dvc.lock`` and the recipe.
+Every run carries :func:`lineage_tags`: the git commit, the digest of ``dvc.lock``, the recipe and the CPU
+kernels in force.
 The CLI opens :func:`stage_run` around every stage command (the one level where it is opened); stage
 functions only log, through the ``log_stage_*`` helpers below. Stage metrics are prefixed with the stage.
 
@@ -55,6 +56,7 @@ ENV_PARENT = "SRVAU_PARENT_RUN_ID"
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
 # On every run: what produced it.
 TAG_GIT, TAG_DVC_LOCK, TAG_RECIPE = "srvau.git_commit", "srvau.dvc_lock_sha256", "srvau.recipe"
+TAG_CPU_KERNELS = "srvau.cpu_kernels"  # srvau.numerics.cpu_kernels: which float kernels made the numbers
 TAG_UP_TO_DATE = "srvau.up_to_date"  # a child the flow recorded for a stage DVC did not run
 
 
@@ -156,15 +158,18 @@ def git_commit() -> str:
 
 def lineage_tags(params: Params) -> dict[str, str]:
     """What produced a run: the code (git commit), the pipeline state (sha256 of dvc.lock, "none" when
-    there is none yet) and the recipe ("demo" without one)."""
+    there is none yet), the recipe ("demo" without one) and the CPU kernels (another kernel set gives
+    other weights from the same seed)."""
     from srvau.io import sha256_file
+    from srvau.numerics import cpu_kernels
 
     lock = PROJECT_ROOT / "dvc.lock"
     try:
         lock_digest = sha256_file(lock)
     except OSError:
         lock_digest = "none"
-    return {TAG_GIT: git_commit(), TAG_DVC_LOCK: lock_digest, TAG_RECIPE: recipe_label(params)}
+    return {TAG_GIT: git_commit(), TAG_DVC_LOCK: lock_digest, TAG_RECIPE: recipe_label(params),
+            TAG_CPU_KERNELS: cpu_kernels()}
 
 
 def recipe_label(params: Params) -> str:

@@ -23,6 +23,7 @@ import pytest
 
 from services import local_mlflow_server
 from srvau.config import PROJECT_ROOT, load_params
+from srvau.numerics import cpu_kernels
 from srvau.tracking import runs
 
 HTTP_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
@@ -107,6 +108,7 @@ def _assert_lineage(tags: dict[str, str]) -> None:
     lock = PROJECT_ROOT / "dvc.lock"
     assert tags[runs.TAG_DVC_LOCK] == (hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else "none")
     assert tags[runs.TAG_RECIPE] == "demo"
+    assert tags[runs.TAG_CPU_KERNELS] == cpu_kernels()
 
 
 def _pipeline_run(p) -> str:
