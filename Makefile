@@ -45,7 +45,7 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 bench: install
-	$(BIN)/python bench/ingest.py && $(BIN)/python bench/grpo.py && $(BIN)/python bench/eval.py && $(BIN)/python bench/sft.py && $(BIN)/python bench/drills.py && $(BIN)/python bench/trunk_cache.py
+	$(BIN)/python bench/ingest.py && $(BIN)/python bench/grpo.py && $(BIN)/python bench/eval.py && $(BIN)/python bench/sft.py && $(BIN)/python bench/drills.py && $(BIN)/python bench/trunk_cache.py && $(BIN)/python bench/cpu_kernels.py
 
 # The whole demo flow in a temporary copy, timed: stage compute vs orchestration (~9 min).
 bench-pipeline: install

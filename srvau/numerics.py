@@ -1,15 +1,16 @@
 """CPU kernels pinned to one instruction set, so a run gives the same numbers on any x86-64 machine.
 
-PyTorch and MKL pick their float kernels by the CPU they find: AVX-512 (with AMX) on one machine, AVX2
-on the next. The kernels round differently, and the tiny demo model's training is chaotic enough that
-a last-bit difference in the reading drills' first 60 steps ends in another base model, and after SFT
-and GRPO in other test answers (docs/reproducibility.md). Both libraries read an environment variable
-that fixes the code path: ``ATEN_CPU_CAPABILITY`` for PyTorch's own kernels and ``MKL_CBWR`` (MKL's
-conditional numerical reproducibility) for its matrix products. :func:`pin_cpu_kernels` sets them to
-AVX2, which every x86-64 CPU of the last decade runs, before torch or MKL reads them (``srvau`` is
-imported first by every stage process). A value already in the environment wins, so
-``ATEN_CPU_CAPABILITY=default MKL_CBWR=AUTO`` (or ``avx512``) buys the native kernels back at the price
-of machine-dependent numbers. Other architectures (aarch64) are left alone.
+PyTorch and MKL pick their float kernels by the CPU they find: AVX-512 on one machine, AVX2 on the
+next. The kernels round differently, and the demo's training is chaotic enough that the difference of
+the first three reading-drill steps ends in another base model, and after SFT and GRPO in other test
+answers (docs/pitfalls.md, "Training runs"). Both libraries read an environment variable that fixes the
+code path: ``ATEN_CPU_CAPABILITY`` for PyTorch's own kernels, ``MKL_CBWR`` (MKL's conditional
+numerical reproducibility) for its matrix products and ``ONEDNN_MAX_CPU_ISA`` for oneDNN's.
+:func:`pin_cpu_kernels` sets them to AVX2, which
+every x86-64 CPU of the last decade runs, before torch or MKL reads them: every stage process imports
+``srvau`` before torch. A value already in the environment wins; ``SRVAU_CPU_KERNELS=native`` leaves
+the libraries to choose by the CPU (faster on AVX-512, machine-dependent numbers: bench/cpu_kernels.py).
+Other architectures (aarch64) are left alone. CUDA kernels are not affected.
 """
 
 from __future__ import annotations
@@ -18,18 +19,28 @@ import os
 import platform
 
 # The pins: the variable each library reads, and the AVX2 value it takes.
-CPU_KERNEL_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+# oneDNN's too: its float32 paths did not change the demo's numbers, but with PyTorch pinned alone its
+# bfloat16 matmuls still take AVX-512 packing and fail ("pack_vnni2 is only supported when avx512 is
+# supported").
+CPU_KERNEL_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+OPT_OUT = "SRVAU_CPU_KERNELS"  # "native": no pins
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in {"x86_64", "amd64"}
 
 
 def pin_cpu_kernels() -> None:
-    """Set :data:`CPU_KERNEL_PINS` where the environment does not set them already (x86-64 only)."""
-    if platform.machine().lower() not in {"x86_64", "amd64"}:
+    """Set :data:`CPU_KERNEL_PINS` where the environment does not set them already (x86-64 only, and not
+    with ``SRVAU_CPU_KERNELS=native``)."""
+    if not _x86() or os.environ.get(OPT_OUT, "").lower() == "native":
         return
     for name, value in CPU_KERNEL_PINS.items():
         os.environ.setdefault(name, value)
 
 
 def cpu_kernels() -> str:
-    """What a run's ``srvau.cpu_kernels`` tag says: the machine and the pins in force."""
+    """What a run's ``srvau.cpu_kernels`` tag says: the machine and the kernel variables in force."""
     pins = " ".join(f"{name}={os.environ.get(name, 'unset')}" for name in CPU_KERNEL_PINS)
-    return f"{platform.machine()} {pins}"
+    native = f" {OPT_OUT}=native" if os.environ.get(OPT_OUT, "").lower() == "native" else ""
+    return f"{platform.machine()} {pins}{native}"

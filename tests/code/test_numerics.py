@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from srvau.numerics import CPU_KERNEL_PINS
+from srvau.numerics import CPU_KERNEL_PINS, OPT_OUT
 
 x86_only = pytest.mark.skipif(platform.machine().lower() not in {"x86_64", "amd64"},
                               reason="the pins are x86-64 instruction sets")
@@ -24,7 +24,7 @@ print(torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR"))
 
 
 def _probe(**env: str) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in CPU_KERNEL_PINS}
+    clean = {k: v for k, v in os.environ.items() if k not in {*CPU_KERNEL_PINS, OPT_OUT}}
     out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True,
                          check=True, timeout=120)
     return out.stdout.split()
@@ -39,6 +39,12 @@ def test_importing_srvau_pins_torch_and_mkl_to_avx2_before_torch_loads():
 @x86_only
 def test_a_kernel_set_in_the_environment_wins_over_the_pin():
     assert _probe(ATEN_CPU_CAPABILITY="default", MKL_CBWR="AUTO") == ["DEFAULT", "AUTO"]
+
+
+@x86_only
+def test_native_leaves_the_choice_to_the_libraries():
+    capability, mkl = _probe(SRVAU_CPU_KERNELS="native")
+    assert mkl == "None" and capability != "DEFAULT"
 
 
 @x86_only
