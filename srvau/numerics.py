@@ -19,9 +19,9 @@ import os
 import platform
 
 # The pins: the variable each library reads, and the AVX2 value it takes.
-# oneDNN's too: its float32 paths did not change the demo's numbers, but with PyTorch pinned alone its
-# bfloat16 matmuls still take AVX-512 packing and fail ("pack_vnni2 is only supported when avx512 is
-# supported").
+# oneDNN's too: it runs part of SFT's float32 work (not the text-only drills'), so without its pin 20
+# SFT steps from the same base gave other weights; and with PyTorch pinned alone its bfloat16 matmuls
+# took AVX-512 packing and failed ("pack_vnni2 is only supported when avx512 is supported").
 CPU_KERNEL_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 OPT_OUT = "SRVAU_CPU_KERNELS"  # "native": no pins
 
