@@ -1,16 +1,17 @@
-"""CPU kernels pinned to one instruction set, so a run gives the same numbers on any x86-64 machine.
+"""CPU kernels pinned to one instruction set, so that a run gives the same numbers on any x86-64 machine
+(checked on one machine: pinned runs repeat to the byte there; a second CPU is not checked yet).
 
-PyTorch and MKL pick their float kernels by the CPU they find: AVX-512 on one machine, AVX2 on the
-next. The kernels round differently, and the demo's training is chaotic enough that the difference of
-the first three reading-drill steps ends in another base model, and after SFT and GRPO in other test
-answers (docs/pitfalls.md, "Training runs"). Both libraries read an environment variable that fixes the
-code path: ``ATEN_CPU_CAPABILITY`` for PyTorch's own kernels, ``MKL_CBWR`` (MKL's conditional
-numerical reproducibility) for its matrix products and ``ONEDNN_MAX_CPU_ISA`` for oneDNN's.
-:func:`pin_cpu_kernels` sets them to AVX2, which
-every x86-64 CPU of the last decade runs, before torch or MKL reads them: every stage process imports
-``srvau`` before torch. A value already in the environment wins; ``SRVAU_CPU_KERNELS=native`` leaves
-the libraries to choose by the CPU (faster on AVX-512, machine-dependent numbers: bench/cpu_kernels.py).
-Other architectures (aarch64) are left alone. CUDA kernels are not affected.
+PyTorch, MKL and oneDNN pick their float kernels by the CPU they find: AVX-512 on one machine, AVX2
+on the next. The kernels round differently, and the demo's training is chaotic enough that the
+difference of the first three reading-drill steps ends in another base model, and after SFT and GRPO
+in other test answers (docs/pitfalls.md, "Training runs"). Each library reads an environment variable
+that fixes its code path: ``ATEN_CPU_CAPABILITY`` for PyTorch's own kernels, ``MKL_CBWR`` (MKL's
+conditional numerical reproducibility) for its matrix products and ``ONEDNN_MAX_CPU_ISA`` for oneDNN's.
+:func:`pin_cpu_kernels` sets them to AVX2, which every x86-64 CPU of the last decade runs, before the
+libraries read them: every stage process imports ``srvau`` before torch. A value already in the
+environment wins; ``SRVAU_CPU_KERNELS=native`` leaves the libraries to choose by the CPU (10-40 %
+faster per demo stage on an AVX-512 machine, machine-dependent numbers: bench/cpu_kernels.py,
+docs/demo-results.md). Other architectures (aarch64) are left alone; CUDA kernels are not affected.
 """
 
 from __future__ import annotations

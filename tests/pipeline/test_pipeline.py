@@ -47,7 +47,6 @@ def run_flow(project: Path, *stages: str, env_extra=None, timeout: float = 600) 
 
 
 PARENT_TAG = "mlflow.parentRunId"
-LINEAGE = ("srvau.git_commit", "srvau.dvc_lock_sha256", "srvau.recipe", "srvau.cpu_kernels")
 
 
 def pipeline_runs(project: Path, tracking_uri: str | None = None) -> list:
