@@ -12,6 +12,8 @@ libraries read them: every stage process imports ``srvau`` before torch. A value
 environment wins; ``SRVAU_CPU_KERNELS=native`` leaves the libraries to choose by the CPU (10-40 %
 faster per demo stage on an AVX-512 machine, machine-dependent numbers: bench/cpu_kernels.py,
 docs/demo-results.md). Other architectures (aarch64) are left alone; CUDA kernels are not affected.
+The thread count is not pinned: 2 to 8 threads gave the same weights, one thread other ones (MKL's
+one-thread path; docs/pitfalls.md).
 """
 
 from __future__ import annotations

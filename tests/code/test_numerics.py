@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,12 +24,43 @@ a @ a  # MKL and ATen both initialised
 print(torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR"))
 """
 
+# What the libraries say they run: MKL's verbose log names its reproducibility branch per call (CNR:AVX2,
+# CNR:OFF), oneDNN's the instruction set it dispatches to. The matrix product goes through MKL; the
+# Conv3d is Qwen2.5-VL's patch embedding, which runs in oneDNN.
+LIBRARY_PROBE = """
+import srvau, torch
+a = torch.randn(256, 256)
+a @ a
+with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+    torch.nn.Conv3d(3, 16, (2, 14, 14), stride=(2, 14, 14))(torch.randn(64, 3, 2, 14, 14))
+"""
+
+
+def _run(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in {*CPU_KERNEL_PINS, OPT_OUT}}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                         check=True, timeout=120)
+    return out.stdout + out.stderr
+
 
 def _probe(**env: str) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in {*CPU_KERNEL_PINS, OPT_OUT}}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True,
-                         check=True, timeout=120)
-    return out.stdout.split()
+    return _run(PROBE, **env).split()[-2:]
+
+
+def _libraries(**env: str) -> tuple[set[str], set[str]]:
+    """MKL's CNR branches and oneDNN's instruction sets, as each library's verbose log names them."""
+    log = _run(LIBRARY_PROBE, MKL_VERBOSE="1", **env)
+    mkl = set(re.findall(r"CNR:(\S+)", log))
+    onednn = set(re.findall(r"onednn_verbose,.*?info,cpu,isa:(.+)", log))
+    assert mkl and onednn, f"no verbose log from MKL or oneDNN:\n{log[-2000:]}"
+    return mkl, onednn
+
+
+def _has_avx512() -> bool:
+    try:
+        return " avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 @x86_only
@@ -45,6 +78,24 @@ def test_a_kernel_set_in_the_environment_wins_over_the_pin():
 def test_native_leaves_the_choice_to_the_libraries():
     capability, mkl = _probe(SRVAU_CPU_KERNELS="native")
     assert mkl == "None" and capability != "DEFAULT"
+
+
+@x86_only
+def test_mkl_and_onednn_run_their_avx2_code_under_the_pins():
+    # Reads what the libraries dispatch to, not the variables: a pin set after torch loaded, or dropped
+    # (oneDNN's was missing at first), shows here on an AVX-512 machine.
+    mkl, onednn = _libraries()
+    assert mkl == {"AVX2"}
+    assert onednn == {"Intel AVX2"}
+
+
+@x86_only
+@pytest.mark.skipif(not _has_avx512(), reason="without AVX-512 the libraries' own choice is AVX2 already")
+def test_without_the_pins_this_machine_runs_other_kernels():
+    """The premise: here, unpinned MKL and oneDNN take other code paths than the pinned ones."""
+    mkl, onednn = _libraries(SRVAU_CPU_KERNELS="native")
+    assert mkl == {"OFF"}
+    assert onednn != {"Intel AVX2"}
 
 
 @x86_only
