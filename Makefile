@@ -23,9 +23,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# params.yaml is composed first: the demo defaults, or RECIPE (a name in configs/recipe/, e.g. RECIPE=paper-3b).
+# params.yaml is composed first: the demo defaults, or RECIPE (a name in configs/recipe/, e.g. RECIPE=paper-3b),
+# then SET's overrides (e.g. SET="seed=7").
 run: install
-	$(BIN)/srvau $(if $(RECIPE),--recipe $(RECIPE),) config compose
+	$(BIN)/srvau $(if $(RECIPE),--recipe $(RECIPE),) config compose $(SET)
 	$(BIN)/python -m flows.pipeline
 
 # The SRVAU-R1 recipe and the VAU-R1 baseline as two DVC experiments, one side-by-side report
