@@ -11,9 +11,9 @@ conditional numerical reproducibility) for its matrix products and ``ONEDNN_MAX_
 libraries read them: every stage process imports ``srvau`` before torch. A value already in the
 environment wins; ``SRVAU_CPU_KERNELS=native`` leaves the libraries to choose by the CPU (5-40 %
 faster on an AVX-512 machine, depending on how it is measured; machine-dependent numbers:
-bench/cpu_kernels.py, docs/demo-results.md). Other architectures (aarch64) are left alone; CUDA kernels are not affected.
-The thread count is not pinned: 2 to 8 threads gave the same weights, one thread other ones (MKL's
-one-thread path; docs/pitfalls.md).
+bench/cpu_kernels.py, docs/demo-results.md). Other architectures (aarch64) are left alone; CUDA kernels
+are not affected. The thread count is not pinned: 2 to 8 threads gave the same weights, one thread
+other ones (MKL's one-thread path; docs/pitfalls.md).
 """
 
 from __future__ import annotations

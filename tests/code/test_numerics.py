@@ -36,20 +36,20 @@ with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
 """
 
 
-def _run(code: str, **env: str) -> str:
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in {*CPU_KERNEL_PINS, OPT_OUT}}
-    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
-                         check=True, timeout=120)
-    return out.stdout + out.stderr
+    return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          check=True, timeout=120)
 
 
 def _probe(**env: str) -> list[str]:
-    return _run(PROBE, **env).split()[-2:]
+    return _run(PROBE, **env).stdout.split()
 
 
 def _libraries(**env: str) -> tuple[set[str], set[str]]:
     """MKL's CNR branches and oneDNN's instruction sets, as each library's verbose log names them."""
-    log = _run(LIBRARY_PROBE, MKL_VERBOSE="1", **env)
+    out = _run(LIBRARY_PROBE, MKL_VERBOSE="1", **env)
+    log = out.stdout + out.stderr
     mkl = set(re.findall(r"CNR:(\S+)", log))
     onednn = set(re.findall(r"onednn_verbose,.*?info,cpu,isa:(.+)", log))
     assert mkl and onednn, f"no verbose log from MKL or oneDNN:\n{log[-2000:]}"
