@@ -27,11 +27,12 @@ def synthetic_train_set(tmp: Path, n_videos: int, overrides: dict[str, Any] | No
 
 
 def run_training_stage(stage: str, rocot: Path, model: Path, out: Path, steps: int, overrides: list[str],
-                       label: str) -> dict[str, Any]:
+                       label: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One ``srvau sft`` / ``srvau grpo`` process of ``steps`` steps from ``model`` into ``out`` (no resume,
-    a throw-away MLflow store beside ``out``), with ``overrides`` (``key=value``). Returns the stage's own
-    ``train_wall_s``, its step count and the sha256 of the merged weights; exits with the stage's stderr
-    (naming ``label``) when it fails."""
+    a throw-away MLflow store beside ``out``), with ``overrides`` (``key=value``), in ``env`` (default: this
+    process's environment; the CPU kernel and thread variables are read when the process starts).
+    Returns the stage's own ``train_wall_s``, its step count and the sha256 of the merged weights; exits
+    with the stage's stderr (naming ``label``) when it fails."""
     import hashlib
     import json
     import subprocess
@@ -43,7 +44,7 @@ def run_training_stage(stage: str, rocot: Path, model: Path, out: Path, steps: i
             f"tracking.uri={(out.parent / 'mlruns').as_uri()}", *overrides]
     cmd = [sys.executable, "-m", "srvau.cli", *[a for kv in sets for a in ("--set", kv)],
            stage, "--rocot", str(rocot), model_flag, str(model), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise SystemExit(f"{label} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())

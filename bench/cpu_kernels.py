@@ -112,14 +112,7 @@ def main() -> int:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def sft(env: dict[str, str], out: Path, label: str) -> dict:
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(env)
-        try:
-            return run_training_stage("sft", rocot, base, out, args.sft_steps, [], label)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        return run_training_stage("sft", rocot, base, out, args.sft_steps, [], label, env=env)
 
     results: dict[str, dict[str, list]] = {v: {"drill_step_s": [], "drill_sha": [], "sft_s": [], "sft_sha": [],
                                                "capability": []} for v in VARIANTS}

@@ -42,8 +42,13 @@ def pin_cpu_kernels() -> None:
         os.environ.setdefault(name, value)
 
 
+# The thread settings the tag records: one thread trains other weights than two or more.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def cpu_kernels() -> str:
-    """What a run's ``srvau.cpu_kernels`` tag says: the machine and the kernel variables in force."""
-    pins = " ".join(f"{name}={os.environ.get(name, 'unset')}" for name in CPU_KERNEL_PINS)
+    """What a run's ``srvau.cpu_kernels`` tag says: the machine, its CPU count, the kernel variables in
+    force and the thread variables (unset: the libraries' default, one thread per core)."""
+    pins = " ".join(f"{name}={os.environ.get(name, 'unset')}" for name in (*CPU_KERNEL_PINS, *THREAD_VARIABLES))
     native = f" {OPT_OUT}=native" if os.environ.get(OPT_OUT, "").lower() == "native" else ""
-    return f"{platform.machine()} {pins}{native}"
+    return f"{platform.machine()} cpus={os.cpu_count()} {pins}{native}"

@@ -110,6 +110,16 @@ def test_the_tag_names_the_machine_and_the_pins():
     from srvau.numerics import cpu_kernels
 
     tag = cpu_kernels()
-    assert tag.startswith(platform.machine())
+    assert tag.startswith(f"{platform.machine()} cpus={os.cpu_count()} ")
     for name in CPU_KERNEL_PINS:
-        assert f"{name}=" in tag
+        assert f"{name}={os.environ.get(name, 'unset')}" in tag
+
+
+def test_the_tag_records_a_thread_count_set_for_the_run(monkeypatch):
+    """One thread trains other weights than two (docs/pitfalls.md), so a run's tag must say so."""
+    from srvau.numerics import cpu_kernels
+
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    tag = cpu_kernels()
+    assert "OMP_NUM_THREADS=1" in tag and "MKL_NUM_THREADS=unset" in tag
