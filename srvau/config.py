@@ -272,6 +272,9 @@ class GrpoConfig(Section):
     # the run takes half as many distinct prompts, forwards and then back in reverse, so its last k prompts
     # are its first k for every k and the logged reward's trend compares the same prompts (training_rows)
     mirror_prompts: bool = False
+    # mirrored steps sample from the same random numbers (VideoGRPOTrainer.sampling_seed), so the trend
+    # compares the policies, not two draws of their completions; needs mirror_prompts
+    paired_sampling: bool = False
     prompt_style: Literal["reflect", "think", "direct"] | None = None
     max_steps: int = Field(30, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
@@ -312,6 +315,8 @@ class GrpoConfig(Section):
             raise ValueError("difficulty_low must be <= difficulty_high")
         if self.mirror_prompts and self.task_order == "shuffled":
             raise ValueError("mirror_prompts needs a fixed prompt order: task_order interleaved or stratified, not shuffled")
+        if self.paired_sampling and not self.mirror_prompts:
+            raise ValueError("paired_sampling pairs the steps that mirror_prompts gives the same prompts: set mirror_prompts: true")
         return self
 
 

@@ -19,7 +19,8 @@ around a call to TRL's own, and copies none of TRL's logic:
     Qwen2.5-VL silently falls back to 1-D positions: up to ~9 nats off, docs/pitfalls.md).
 ``_generate_and_score_completions`` / ``compute_loss``
     Wrap TRL's: the rollout's per-sample video tensors travel in the batch dict as per-sample lists,
-    so TRL's shuffling and splitting of the generation batch keep them aligned with their rows.
+    so TRL's shuffling and splitting of the generation batch keep them aligned with their rows. With
+    ``paired_sampling`` the rollout draws from a seed of its own (:meth:`VideoGRPOTrainer.sampling_seed`).
 ``_calculate_rewards``
     Wraps TRL's to compute SRPO's online difficulty filter (optional).
 ``log``
@@ -188,9 +189,13 @@ class VideoGRPOTrainer(GRPOTrainer):
         max_prompt_length: int | None = None,
         difficulty: DifficultyFilter | None = None,
         table_every: int = 0,
+        paired_sampling: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if paired_sampling and self.use_vllm:
+            raise ValueError("grpo.paired_sampling seeds transformers' sampling; vLLM samples on its own (use_vllm: false)")
+        self.paired_sampling = paired_sampling
         self.video_loader = video_loader
         self.max_prompt_length = max_prompt_length
         self.difficulty = difficulty
@@ -213,7 +218,14 @@ class VideoGRPOTrainer(GRPOTrainer):
             if "task" in inputs[0]:
                 self._log_completion_extra("task", [str(x["task"]) for x in inputs])
         try:
-            output = super()._generate_and_score_completions(inputs)
+            seed = self.sampling_seed()
+            if seed is None:
+                output = super()._generate_and_score_completions(inputs)
+            else:
+                cuda = [self.accelerator.device.index or 0] if self.accelerator.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):  # the run's own random stream goes on untouched
+                    torch.manual_seed(seed)
+                    output = super()._generate_and_score_completions(inputs)
             if self._video_batch is not None:
                 output.update(self._video_batch)
             if self._difficulty_keep is not None:
@@ -222,6 +234,20 @@ class VideoGRPOTrainer(GRPOTrainer):
             self._video_batch = None
             self._difficulty_keep = None
         return output
+
+    def sampling_seed(self) -> int | None:
+        """The seed of this step's rollout under ``paired_sampling``, else None (the run's own stream).
+        Step ``k`` and step ``max_steps - 1 - k`` share it: with mirrored prompts (:func:`mirror`) they
+        hold the same prompts in the same rows, so the two draw their completions from the same random
+        numbers (common random numbers). A policy that has not changed then samples the same completions
+        and earns the same reward, and the logged reward's first and last quarter differ by what the
+        policy learnt, not by luck. Each step's completions are still an exact draw from its policy."""
+        if not self.paired_sampling:
+            return None
+        step = self.state.global_step
+        pair = min(step, self.args.max_steps - 1 - step)
+        rank = self.accelerator.process_index
+        return int(np.random.SeedSequence([self.args.seed, pair, rank]).generate_state(1)[0])
 
     def _attach_video(self, x: dict[str, Any]) -> dict[str, Any]:
         ref = x[VIDEO_COLUMN]
@@ -565,6 +591,7 @@ def build_trainer(
         max_prompt_length=cfg.max_prompt_length,
         difficulty=difficulty,
         table_every=cfg.log_completions_every,
+        paired_sampling=cfg.paired_sampling,
     )
     if trainer.ref_model is not None and not args.sync_ref_model:
         # A separate reference model (full fine-tuning) never trains, so its trunk output per video can
@@ -582,21 +609,24 @@ def prompts_per_run(cfg: GrpoConfig, world_size: int) -> int:
     return cfg.max_steps * (completions // cfg.num_generations)
 
 
-def mirror(rows: Sequence[dict[str, Any]], slots: int) -> list[dict[str, Any]]:
-    """``slots`` prompts made of the first ``ceil(slots / 2)`` rows, forwards and then back in reverse:
-    the last ``k`` prompts are the first ``k`` for every ``k``. A run's first and last quarter then hold
-    the same prompts, so its logged reward compares the policy before and after on the same questions,
-    where two different draws of ~25 prompts differ by more than 50 steps of GRPO gain
-    (docs/demo-results.md)."""
-    half = -(-slots // 2)
+def mirror(rows: Sequence[dict[str, Any]], steps: int, per_step: int, keep_step_order: bool = False) -> list[dict[str, Any]]:
+    """The prompts of ``steps`` steps of ``per_step`` each, from the first ``ceil(steps / 2)`` steps'
+    rows, forwards and then back: the last ``k`` steps hold the first ``k`` steps' prompts in reverse,
+    row by row, or, with ``keep_step_order``, step by step with each step's prompts in their own order
+    (a prompt then returns to the same rank and rows of the rollout, which ``grpo.paired_sampling``
+    needs). A run's first and last quarter then hold the same prompts, so its logged reward compares the
+    policy before and after on the same questions, where two different draws of ~25 prompts differ by
+    more than 50 steps of GRPO gain (docs/demo-results.md)."""
+    half = -(-steps // 2) * per_step
     if len(rows) < half:
         raise ValueError(
-            f"grpo.mirror_prompts needs {half} distinct prompts for a run of {slots} "
+            f"grpo.mirror_prompts needs {half} distinct prompts for a run of {steps * per_step} "
             f"(max_steps x prompts per step) and RoCoT's train split has {len(rows)}: "
             "lower grpo.max_steps or set grpo.mirror_prompts: false"
         )
-    there = list(rows[:half])
-    return there + there[::-1][slots % 2:]
+    there = [list(rows[i:i + per_step]) for i in range(0, half, per_step)]
+    back = [block if keep_step_order else block[::-1] for block in there[::-1][steps % 2:]]
+    return [row for block in there + back for row in block]
 
 
 def training_rows(rocot_dir: Path, params: Params, world_size: int | None = None) -> list[dict[str, Any]]:
@@ -611,7 +641,8 @@ def training_rows(rocot_dir: Path, params: Params, world_size: int | None = None
         rows = interleave_tasks(rows, params.seed, by_answer=cfg.task_order == "stratified")
     if cfg.mirror_prompts:
         world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        rows = mirror(rows, prompts_per_run(cfg, world_size))
+        per_step = prompts_per_run(cfg, world_size) // cfg.max_steps
+        rows = mirror(rows, cfg.max_steps, per_step, keep_step_order=cfg.paired_sampling)
     return rows
 
 

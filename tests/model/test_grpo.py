@@ -59,7 +59,8 @@ def length_reward(completions, **_):
     return [len(completion_text(c)) / 50.0 for c in completions]
 
 
-def make_trainer(model_dir, rows, gparams, tmp_path, model=None, peft_config=None, **overrides):
+def make_trainer(model_dir, rows, gparams, tmp_path, model=None, peft_config=None, reward=length_reward,
+                 paired_sampling=False, **overrides):
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -75,12 +76,13 @@ def make_trainer(model_dir, rows, gparams, tmp_path, model=None, peft_config=Non
     kw.update(overrides)
     return VideoGRPOTrainer(
         model=model if model is not None else load_model(model_dir, gparams.model),
-        reward_funcs=[length_reward],
+        reward_funcs=[reward],
         args=GRPOConfig(**kw),
         train_dataset=Dataset.from_list(rows),
         processing_class=load_processor(model_dir, gparams.model),
         peft_config=peft_config,
         video_loader=functools.partial(load_video, params=gparams),
+        paired_sampling=paired_sampling,
     )
 
 
@@ -304,8 +306,10 @@ def test_stratified_prompts_carry_each_tasks_answers_in_proportion_in_every_stre
 
 
 def test_mirrored_prompts_give_the_first_and_last_quarter_the_same_prompts(rocot_dir, gparams):
-    """``grpo.mirror_prompts``: the run's prompt slots are the order's first half, forwards then back, so
-    every last stretch is the first stretch reversed; the slot count follows the launch's world size."""
+    """``grpo.mirror_prompts``: the run's prompts are the order's first half of steps, forwards then back,
+    so every last stretch of steps is the first stretch reversed (row by row; step by step under
+    ``paired_sampling``, each step's prompts in their own order); the prompts per step follow the launch's
+    world size."""
     from srvau.training.grpo import mirror, prompts_per_run, training_rows
 
     cfg = gparams.grpo.model_copy(update={"task_order": "stratified", "mirror_prompts": True,
@@ -315,16 +319,54 @@ def test_mirrored_prompts_give_the_first_and_last_quarter_the_same_prompts(rocot
     assert prompts_per_run(cfg.model_copy(update={"gradient_accumulation_steps": 2}), 1) == 12
     plain = [r["sample_id"] for r in training_rows(rocot_dir, gparams.model_copy(
         update={"grpo": cfg.model_copy(update={"mirror_prompts": False})}))]
-    for world in (1, 2):
-        ids = [r["sample_id"] for r in training_rows(rocot_dir, params, world_size=world)]
+    for world, paired in ((1, False), (2, False), (1, True), (2, True)):
+        run = params.model_copy(update={"grpo": cfg.model_copy(update={"paired_sampling": paired})})
+        ids = [r["sample_id"] for r in training_rows(rocot_dir, run, world_size=world)]
         assert len(ids) == prompts_per_run(cfg, world)
-        assert ids[: len(ids) // 2] == plain[: len(ids) // 2]
-        assert all(ids[-k:] == ids[:k][::-1] for k in range(1, len(ids) + 1))
-    assert mirror(list("abc"), 5) == list("abcba") and mirror(list("abc"), 6) == list("abccba")
+        per_step = len(ids) // cfg.max_steps
+        steps = [ids[i:i + per_step] for i in range(0, len(ids), per_step)]
+        assert ids[: 2 * per_step] == plain[: 2 * per_step]
+        back = (lambda first: first[::-1]) if paired else (lambda first: [s[::-1] for s in first[::-1]])
+        assert all(steps[-k:] == back(steps[:k]) for k in range(1, cfg.max_steps // 2 + 1))  # odd: a middle step
+    assert mirror(list("abcd"), 4, 2) == list("abcddcba") and mirror(list("abcd"), 4, 2, keep_step_order=True) == list("abcdcdab")
+    assert mirror(list("abcdef"), 3, 2) == list("abcdba") and mirror(list("abc"), 5, 1) == list("abcba")
     with pytest.raises(ValueError, match="needs 4 distinct prompts"):
-        mirror(list("abc"), 8)
+        mirror(list("abc"), 4, 2)
     with pytest.raises(ValueError, match="fixed prompt order"):
         cfg.model_validate({**cfg.model_dump(), "task_order": "shuffled"})
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_paired_sampling_gives_mirrored_steps_the_same_draw(paired, tiny_model_dir, grpo_rows, gparams, tmp_path):
+    """``grpo.paired_sampling``: steps k and max_steps - 1 - k, which mirrored prompts give the same
+    prompts, sample from the same random numbers, so a policy held still (learning rate 1e-30: no output
+    moves, tests/code/test_bench.py) samples the same completions there and the reward's trend is zero;
+    unpaired, the same prompts get another draw."""
+    from srvau.contract.trace import completion_text
+    from srvau.training.grpo import mirror
+
+    drawn = []
+
+    def recording(completions, **_):
+        drawn.append([completion_text(c) for c in completions])
+        return [len(t) / 50.0 for t in drawn[-1]]
+
+    rows = mirror(grpo_rows, 4, 2, keep_step_order=True)  # 4 steps of 2 prompts x 2 generations
+    trainer = make_trainer(tiny_model_dir, rows, gparams, tmp_path, reward=recording, paired_sampling=paired,
+                           max_steps=4, learning_rate=1e-30, shuffle_dataset=False, temperature=1.0)
+    trainer.train()
+    assert len(drawn) == 4 and drawn[0] != drawn[1]
+    assert (drawn[0] == drawn[3] and drawn[1] == drawn[2]) is paired
+    seeds = []
+    for step in range(4):
+        trainer.state.global_step = step
+        seeds.append(trainer.sampling_seed())
+    if paired:  # steps 0 and 3, 1 and 2
+        assert seeds == [seeds[0], seeds[1], seeds[1], seeds[0]] and seeds[0] != seeds[1]
+    else:
+        assert seeds == [None] * 4
+    with pytest.raises(ValueError, match="paired_sampling pairs"):
+        gparams.grpo.model_validate({**gparams.grpo.model_dump(), "paired_sampling": True, "mirror_prompts": False})
 
 
 def test_task_order_decides_whether_trl_shuffles(gparams, tmp_path):

@@ -166,6 +166,7 @@ def test_second_run_skips_fresh_stages_and_reruns_stale_ones(project, prefect_ap
     assert (project / "data/demo/train.csv").stat().st_mtime_ns == csv_before
 
 
+@pytest.mark.slow  # about a minute on 2 cores: keeps `make test` under its 15-minute budget
 def test_a_stage_whose_uncached_output_is_missing_runs_instead_of_being_pulled(project, prefect_api):
     """A fresh clone of a commit whose dvc.lock matches what its stages reproduce: `validate`'s report
     is `cache: false`, so `dvc repro --pull` finds nothing to pull, counts the stage restored and skips

@@ -185,6 +185,7 @@ def test_a_recipe_on_real_data_leaves_the_demo_only_stages_out():
 # ----------------------------------------------------------------------------- the gate on real CSVs
 
 
+@pytest.mark.slow  # about a minute on 2 cores: keeps `make test` under its 15-minute budget
 def test_ucf_subset_train_alone_fails_the_grounding_gate(tmp_path, vau_bench_dir):
     """ucf_subset_train.csv holds no anomaly interval: with it as the only train file, validate stops
     (exit 1) naming the train grounding floor, even with every other check of the rehearsal met."""
