@@ -253,6 +253,7 @@ def s3_project_whose_remote_went_down(tmp_path_factory, s3_env) -> Path:
     return project
 
 
+@pytest.mark.slow  # with its S3 fixture about 40 s on 2 cores: keeps `make test` under its 15-minute budget
 def test_flow_runs_up_to_date_stages_with_the_s3_remote_down(tmp_path_factory, s3_env):
     """Everything local and up to date: the dead remote is not needed; the failed push is reported, not fatal."""
     project = s3_project_whose_remote_went_down(tmp_path_factory, s3_env)
