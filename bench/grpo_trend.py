@@ -56,6 +56,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/sft/merged", help="the policy GRPO starts from")
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="sampling seeds")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                    help="unpaired (the peer), paired, or both")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a param of the project's params.yaml, as the stage was run (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpo_trend.json")
@@ -67,33 +69,34 @@ def main() -> int:
     params = load_params(overrides=dict(parse_override(o) for o in args.overrides))
     if not params.grpo.mirror_prompts:
         ap.error("paired sampling needs grpo.mirror_prompts: true (--set grpo.mirror_prompts=true)")
-    runs: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
+    variants = [v for v in VARIANTS if v in args.variants]
+    runs: dict[str, dict[int, dict]] = {v: {} for v in variants}
     with tempfile.TemporaryDirectory(prefix="srvau-bench-trend-") as d:
         for seed in args.seeds:
-            for variant in VARIANTS:
+            for variant in variants:
                 rewards = trend_of_a_run(args.model, variant == "paired", seed, Path(d) / f"{variant}-{seed}", params)
                 q1, q4 = quarter_means(rewards)
                 runs[variant][seed] = {"rewards": rewards, "q1": q1, "q4": q4, "trend": q4 - q1,
                                        "all": statistics.fmean(rewards)}
                 print(f"{variant} seed {seed}: q1 {q1:.3f} q4 {q4:.3f} trend {q4 - q1:+.3f}", file=sys.stderr)
 
-    n_steps = len(runs["paired"][args.seeds[0]]["rewards"])
+    n_steps = len(runs[variants[0]][args.seeds[0]]["rewards"])
     print(f"\nGRPO's logged reward, {n_steps} steps from {args.model}, one training run per sampling seed")
     print(f"{'sampling':<9} {'seed':>5} {'q1':>7} {'q4':>7} {'q4-q1':>7} {'all':>7}")
-    for variant in VARIANTS:
+    for variant in variants:
         for seed in args.seeds:
             r = runs[variant][seed]
             print(f"{variant:<9} {seed:>5} {r['q1']:7.3f} {r['q4']:7.3f} {r['trend']:+7.3f} {r['all']:7.3f}")
     summary = {}
-    for variant in VARIANTS:
+    for variant in variants:
         trends = [runs[variant][s]["trend"] for s in args.seeds]
         summary[variant] = {"trend_mean": statistics.fmean(trends),
                             "trend_sd": statistics.stdev(trends) if len(trends) > 1 else float("nan"),
                             "rising": sum(t > 0 for t in trends), "runs": len(trends)}
-    for variant in VARIANTS:
+    for variant in variants:
         s = summary[variant]
         print(f"{variant:<9} trend mean {s['trend_mean']:+.3f}, sd {s['trend_sd']:.3f}, rising at {s['rising']} of {s['runs']}")
-    if len(args.seeds) > 1 and summary["unpaired"]["trend_sd"] > 0:
+    if len(variants) == 2 and len(args.seeds) > 1 and summary["unpaired"]["trend_sd"] > 0:
         summary["sd_ratio_paired_over_unpaired"] = summary["paired"]["trend_sd"] / summary["unpaired"]["trend_sd"]
         print(f"spread of the trend, paired / unpaired: {summary['sd_ratio_paired_over_unpaired']:.2f}x")
 
