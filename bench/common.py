@@ -63,3 +63,21 @@ def write_results(out: Path, results: dict[str, Any], **machine: Any) -> None:
     out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), **machine},
                                **results}, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def grpo_stage_trainer(model_dir: str, out: Path, params, rocot: Path | None = None, **grpo_updates: Any):
+    """The GRPO stage's own trainer for ``model_dir`` on its own prompt order (``training_rows``), with
+    ``grpo_updates`` applied to ``params.grpo``; no checkpoints, no resume. ``rocot`` defaults to
+    ``params.paths.rocot``."""
+    from datasets import Dataset
+
+    from srvau.modeling import load_model, load_processor
+    from srvau.training import checkpoints
+    from srvau.training.grpo import build_trainer, training_rows
+
+    params = params.model_copy(update={"grpo": params.grpo.model_copy(
+        update={"save_steps": 10**9, "resume": False, **grpo_updates})})
+    rows = training_rows(rocot or params.resolve(params.paths.rocot), params)
+    load_cfg, autocast = checkpoints.training_dtype(params.model)
+    return build_trainer(load_model(model_dir, load_cfg), load_processor(model_dir, params.model),
+                         Dataset.from_list(rows), params.grpo, params, out, bf16=autocast)

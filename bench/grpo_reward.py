@@ -34,21 +34,10 @@ sys.path.insert(0, str(ROOT))
 def held_still_trainer(model_dir: str, out: Path, params=None, rocot: Path | None = None):
     """The GRPO stage's trainer for ``model_dir`` on its own prompt order, with ``learning_rate`` 1e-30.
     ``params`` default to the project's; ``rocot`` to its ``paths.rocot``."""
-    from datasets import Dataset
-
+    from bench.common import grpo_stage_trainer
     from srvau.config import load_params
-    from srvau.modeling import load_model, load_processor
-    from srvau.training import checkpoints
-    from srvau.training.grpo import build_trainer, training_rows
 
-    params = params or load_params()
-    params = params.model_copy(update={"grpo": params.grpo.model_copy(
-        update={"learning_rate": 1e-30, "save_steps": 10**9, "resume": False})})
-    cfg = params.grpo
-    rows = training_rows(rocot or params.resolve(params.paths.rocot), params)
-    load_cfg, autocast = checkpoints.training_dtype(params.model)
-    return build_trainer(load_model(model_dir, load_cfg), load_processor(model_dir, params.model),
-                         Dataset.from_list(rows), cfg, params, out, bf16=autocast)
+    return grpo_stage_trainer(model_dir, out, params or load_params(), rocot, learning_rate=1e-30)
 
 
 def rewards_held_still(model_dir: str, seed: int, out: Path, params=None) -> list[float]:

@@ -33,18 +33,10 @@ VARIANTS = ("unpaired", "paired")
 def trend_of_a_run(model_dir: str, paired: bool, seed: int, out: Path, params) -> list[float]:
     """The stage's per-step mean rewards for one training run from ``model_dir``, sampled from ``seed``."""
     import transformers
-    from datasets import Dataset
 
-    from srvau.modeling import load_model, load_processor
-    from srvau.training import checkpoints
-    from srvau.training.grpo import build_trainer, training_rows
+    from bench.common import grpo_stage_trainer
 
-    params = params.model_copy(update={"grpo": params.grpo.model_copy(
-        update={"paired_sampling": paired, "save_steps": 10**9, "resume": False})})
-    rows = training_rows(params.resolve(params.paths.rocot), params)
-    load_cfg, autocast = checkpoints.training_dtype(params.model)
-    trainer = build_trainer(load_model(model_dir, load_cfg), load_processor(model_dir, params.model),
-                            Dataset.from_list(rows), params.grpo, params, out, bf16=autocast)
+    trainer = grpo_stage_trainer(model_dir, out, params, paired_sampling=paired)
     # After the trainer's own seeding (LoRA initialisation, the run's stream): only the sampling changes.
     transformers.set_seed(seed)
     trainer.args.seed = seed  # what paired sampling derives each pair's seed from

@@ -32,15 +32,18 @@ def test_benches_build_their_tiny_model_without_reading_drills(name, args, tmp_p
 def test_grpo_reward_bench_holds_the_policy_still(train_rocot, tiny_model_dir, params, tmp_path):
     """bench/grpo_reward.py's premise: the optimizer of the stage's trainer at learning rate 1e-30 takes
     real steps on real gradients and leaves the model's outputs unchanged to the bit (a zero-initialised
-    LoRA weight moves by ~1e-30, which no output can show); the same steps at 1e-2 do change them."""
+    LoRA weight moves by ~1e-30, which no output can show); the same steps at 1e-2 do change them. Built
+    with ``grpo.paired_sampling`` on, the stage's trainer pairs its steps (bench/grpo_trend.py relies on it)."""
     import torch
 
     from srvau.config import load_params
 
-    fast = {**{f"synth.{k}": v for k, v in params.synth.model_dump().items()}, "grpo.max_steps": 2}
+    fast = {**{f"synth.{k}": v for k, v in params.synth.model_dump().items()}, "grpo.max_steps": 2,
+            "grpo.paired_sampling": True}
     p = load_params(overrides=fast)
     trainer = _bench("grpo_reward").held_still_trainer(str(tiny_model_dir), tmp_path / "ckpt", p, train_rocot(p))
     assert trainer.args.learning_rate == 1e-30
+    assert trainer.sampling_seed() is not None  # build_trainer passed grpo.paired_sampling on
     model, ids = trainer.model, torch.arange(5, 45)[None]
 
     def logits():
