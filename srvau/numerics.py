@@ -1,5 +1,6 @@
-"""CPU kernels pinned to one instruction set, so that a run gives the same numbers on any x86-64 machine
-(checked on one machine: pinned runs repeat to the byte there; a second CPU is not checked yet).
+"""CPU kernels pinned to one instruction set, so that a run gives the same numbers on any Intel x86-64
+machine with AVX2 (checked on one Intel machine: pinned runs repeat to the byte there; a second Intel CPU
+is not checked yet). Not across vendors: on an AMD CPU a pinned run trains other weights (below).
 
 PyTorch, MKL and oneDNN pick their float kernels by the CPU they find: AVX-512 on one machine, AVX2
 on the next. The kernels round differently, and the demo's training is chaotic enough that the
@@ -14,6 +15,13 @@ faster on an AVX-512 machine, depending on how it is measured; machine-dependent
 bench/cpu_kernels.py, docs/demo-results.md). Other architectures (aarch64) are left alone; CUDA kernels
 are not affected. The thread count is not pinned: 2 to 8 threads gave the same weights, one thread
 other ones (MKL's one-thread path; docs/pitfalls.md).
+
+MKL keeps its instruction-set branches for Intel CPUs. On an AMD one (seen on an EPYC, Zen 5) it runs
+``MKL_CBWR=AVX2`` as ``AUTO``: reductions, cache sizes and scheduling stay fixed, so runs repeat to the
+byte on that machine, but its matrix products round otherwise and the demo's seed trains other weights
+than on an Intel CPU. MKL's one branch for every vendor, ``COMPATIBLE`` (SSE2), made the reading drills
+1.7x slower there (``bench/cpu_kernels.py``), and oneDNN's and PyTorch's AVX2 kernels were never
+compared across vendors, so it is not the pin.
 """
 
 from __future__ import annotations

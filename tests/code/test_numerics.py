@@ -56,11 +56,19 @@ def _libraries(**env: str) -> tuple[set[str], set[str]]:
     return mkl, onednn
 
 
-def _has_avx512() -> bool:
+def _cpuinfo() -> str:
     try:
-        return " avx512f" in Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return ""
+
+
+def _has_avx512() -> bool:
+    return " avx512f" in _cpuinfo()
+
+
+def _intel() -> bool:
+    return "GenuineIntel" in _cpuinfo()
 
 
 @x86_only
@@ -85,7 +93,10 @@ def test_mkl_and_onednn_run_their_avx2_code_under_the_pins():
     # Reads what the libraries dispatch to, not the variables: a pin set after torch loaded, or dropped
     # (oneDNN's was missing at first), shows here on an AVX-512 machine.
     mkl, onednn = _libraries()
-    assert mkl == {"AVX2"}
+    # MKL keeps its ISA branches (AVX2, ...) for Intel CPUs: on another vendor's it runs the AVX2 pin as
+    # AUTO, which still fixes cache sizes, reductions and scheduling (the same numbers run to run on that
+    # machine) but trains other weights than an Intel CPU does (docs/pitfalls.md). Unpinned it says OFF.
+    assert mkl == ({"AVX2"} if _intel() else {"AUTO"})
     assert onednn == {"Intel AVX2"}
 
 
