@@ -30,17 +30,23 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = ("unpaired", "paired")
 
 
-def trend_of_a_run(model_dir: str, paired: bool, seed: int, out: Path, params) -> list[float]:
-    """The stage's per-step mean rewards for one training run from ``model_dir``, sampled from ``seed``."""
+def train_a_run(model_dir: str, paired: bool, seed: int, out: Path, params, rocot: Path | None = None):
+    """One training run of the stage from ``model_dir``, its completions sampled from ``seed``; the trainer."""
     import transformers
 
     from bench.common import grpo_stage_trainer
 
-    trainer = grpo_stage_trainer(model_dir, out, params, paired_sampling=paired)
+    trainer = grpo_stage_trainer(model_dir, out, params, rocot, paired_sampling=paired)
     # After the trainer's own seeding (LoRA initialisation, the run's stream): only the sampling changes.
     transformers.set_seed(seed)
     trainer.args.seed = seed  # what paired sampling derives each pair's seed from
     trainer.train()
+    return trainer
+
+
+def trend_of_a_run(model_dir: str, paired: bool, seed: int, out: Path, params) -> list[float]:
+    """The stage's per-step mean rewards for one training run from ``model_dir``, sampled from ``seed``."""
+    trainer = train_a_run(model_dir, paired, seed, out, params)
     return [h["reward"] for h in trainer.state.log_history if "reward" in h]
 
 

@@ -65,3 +65,34 @@ def test_grpo_reward_bench_holds_the_policy_still(train_rocot, tiny_model_dir, p
         group["lr"] = 1e-2
     steps(trainer.optimizer)
     assert not torch.equal(logits(), before)
+
+
+def test_grpo_trend_bench_at_the_stage_seed_samples_what_the_stage_sampled(train_rocot, tiny_model_dir, params, tmp_path):
+    """bench/grpo_trend.py's premise: its run at the stage's own seed, unpaired, is the stage's run (the same
+    completions at every step, read from the stage's MLflow tables), so another seed changes the sampling
+    and nothing else; and another seed does draw other completions."""
+    import mlflow
+
+    from srvau.config import load_params
+    from srvau.tracking.runs import stage_run
+    from srvau.training.grpo import grpo
+
+    fast = {**{f"synth.{k}": v for k, v in params.synth.model_dump().items()}, "grpo.max_steps": 2,
+            "grpo.per_device_train_batch_size": 4, "grpo.num_generations": 2, "grpo.max_completion_length": 12,
+            "grpo.log_completions_every": 1, "grpo.save_steps": 2}
+    p = load_params(overrides=fast)
+    rocot = train_rocot(p)
+    with stage_run(p, "grpo") as run:
+        grpo(rocot, str(tiny_model_dir), tmp_path / "stage", p)
+    client = mlflow.tracking.MlflowClient()
+
+    def stage_completions(step: int) -> list[str]:
+        path = client.download_artifacts(run.info.run_id, f"grpo/completions/step_{step:06d}.json", str(tmp_path))
+        table = json.loads(Path(path).read_text())
+        return [row[table["columns"].index("completion")] for row in table["data"]]
+
+    bench = _bench("grpo_trend")
+    same = bench.train_a_run(str(tiny_model_dir), False, p.seed, tmp_path / "same", p, rocot)
+    assert list(same.completions_frame(2)["completion"]) == stage_completions(2)
+    other = bench.train_a_run(str(tiny_model_dir), False, p.seed + 1, tmp_path / "other", p, rocot)
+    assert list(other.completions_frame(2)["completion"]) != stage_completions(2)
